@@ -1,0 +1,3 @@
+"""Integration Hub: exports volunteer-app data to accounting systems and Bufdir."""
+
+__version__ = "0.1.0"

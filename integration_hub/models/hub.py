@@ -1,0 +1,234 @@
+"""The hub's own tables: configuration, the vault's ciphertexts, runs, outcomes and the ledger.
+
+Organisations are referenced by the volunteer app's id; the app database may be another server,
+so there are no foreign keys across the two.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(index: bool = False, now: bool = False) -> Any:
+    """A timezone-aware timestamp column; ``now`` fills it at insert time."""
+    column = Column(DateTime(timezone=True), index=index, nullable=not now)
+    if now:
+        return Field(default_factory=utcnow, sa_column=column)
+    return Field(default=None, sa_column=column)
+
+
+class IntegrationStatus(StrEnum):
+    DRAFT = "draft"
+    ACTIVE = "active"
+    PAUSED = "paused"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # finished, some records failed
+    FAILED = "failed"  # the run itself could not finish
+
+
+class OutcomeStatus(StrEnum):
+    EXPORTED = "exported"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class LedgerState(StrEnum):
+    PENDING = "pending"  # about to be sent: outcome unknown until confirmed
+    EXPORTED = "exported"
+
+
+class FeatureFlag(SQLModel, table=True):
+    """Which integration types an organisation is offered (``integration.<type key>``)."""
+
+    __tablename__ = "hub_feature_flags"
+    __table_args__ = (UniqueConstraint("organisation_id", "flag"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    organisation_id: int = Field(index=True)
+    flag: str = Field(max_length=80)
+    enabled: bool = True
+
+
+class Integration(SQLModel, table=True):
+    __tablename__ = "hub_integrations"
+    __table_args__ = (UniqueConstraint("organisation_id", "type_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    organisation_id: int = Field(index=True)
+    type_key: str = Field(max_length=40)
+    status: str = Field(default=IntegrationStatus.DRAFT, max_length=20)
+    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    last_test_status: str | None = Field(default=None, max_length=40)
+    last_test_detail: str | None = Field(default=None, max_length=500)
+    last_test_at: datetime | None = _ts()
+    created_at: datetime = _ts(now=True)
+    updated_at: datetime = _ts(now=True)
+
+
+class Credential(SQLModel, table=True):
+    """One encrypted secret field; see :mod:`integration_hub.vault` for the format."""
+
+    __tablename__ = "hub_credentials"
+    __table_args__ = (UniqueConstraint("integration_id", "field"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    organisation_id: int = Field(index=True)
+    integration_id: int = Field(foreign_key="hub_integrations.id", index=True)
+    field: str = Field(max_length=60)
+    key_version: int
+    nonce: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    ciphertext: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    hint: str = Field(default="", max_length=4, description="Last characters, for the mask")
+    updated_at: datetime = _ts(now=True)
+
+
+class FieldMapping(SQLModel, table=True):
+    """A version of an integration's mapping document (fields, value maps, text template)."""
+
+    __tablename__ = "hub_field_mappings"
+    __table_args__ = (UniqueConstraint("integration_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    integration_id: int = Field(foreign_key="hub_integrations.id", index=True)
+    version: int
+    document: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    acknowledged_warnings: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    created_by: str = Field(default="system", max_length=120)
+    created_at: datetime = _ts(now=True)
+
+
+class SyncSchedule(SQLModel, table=True):
+    __tablename__ = "hub_sync_schedules"
+
+    id: int | None = Field(default=None, primary_key=True)
+    integration_id: int = Field(foreign_key="hub_integrations.id", unique=True)
+    cron: str = Field(max_length=120)
+    timezone: str = Field(default="Europe/Oslo", max_length=64)
+    enabled: bool = True
+    updated_at: datetime = _ts(now=True)
+
+
+class Exclusion(SQLModel, table=True):
+    """A data category the organisation opted out of (e.g. ``category:parking``)."""
+
+    __tablename__ = "hub_exclusions"
+    __table_args__ = (UniqueConstraint("integration_id", "category"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    integration_id: int = Field(foreign_key="hub_integrations.id", index=True)
+    category: str = Field(max_length=80)
+    created_at: datetime = _ts(now=True)
+
+
+class SyncRun(SQLModel, table=True):
+    __tablename__ = "hub_sync_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    integration_id: int = Field(foreign_key="hub_integrations.id", index=True)
+    organisation_id: int = Field(index=True)
+    flow_run_id: str | None = Field(default=None, max_length=64)
+    trigger: str = Field(default="manual", max_length=20)
+    window_start: date | None = None
+    window_end: date | None = None
+    dry_run: bool = False
+    status: str = Field(default=RunStatus.RUNNING, max_length=20)
+    extracted: int = 0
+    exported: int = 0
+    failed: int = 0
+    skipped: int = 0
+    exported_amount_ore: int = 0
+    failed_amount_ore: int = 0
+    requests_sent: int = 0
+    mapping_version: int | None = None
+    error: str | None = Field(default=None, max_length=2000)
+    started_at: datetime = _ts(index=True, now=True)
+    finished_at: datetime | None = _ts()
+
+
+class RecordOutcome(SQLModel, table=True):
+    __tablename__ = "hub_record_outcomes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="hub_sync_runs.id", index=True)
+    integration_id: int = Field(index=True)
+    record_type: str = Field(max_length=40)
+    record_id: int = Field(index=True)
+    record_version: int
+    status: str = Field(max_length=20)
+    reason: str | None = Field(default=None, max_length=1000)
+    target_reference: str | None = Field(default=None, max_length=200)
+    idempotency_key: str | None = Field(default=None, max_length=80)
+    attempt: int = 1
+    amount_ore: int | None = None
+    summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts(now=True)
+
+
+class ExportLedger(SQLModel, table=True):
+    """What has been sent, keyed so that nothing is ever posted twice.
+
+    A row is written as ``pending`` before the request leaves and becomes ``exported`` once the
+    target confirms; a pending row left by a crash is reconciled at the target before re-sending.
+    """
+
+    __tablename__ = "hub_export_ledger"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(unique=True, max_length=80)
+    organisation_id: int = Field(index=True)
+    integration_id: int = Field(foreign_key="hub_integrations.id", index=True)
+    record_type: str = Field(max_length=40)
+    record_id: int
+    record_version: int
+    state: str = Field(default=LedgerState.PENDING, max_length=20)
+    run_id: int | None = None
+    target_reference: str | None = Field(default=None, max_length=200)
+    amount_ore: int = 0
+    created_at: datetime = _ts(now=True)
+    confirmed_at: datetime | None = _ts()
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who changed what and when. Never holds a secret value."""
+
+    __tablename__ = "hub_audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(index=True, now=True)
+    actor: str = Field(max_length=120)
+    organisation_id: int | None = Field(default=None, index=True)
+    integration_id: int | None = None
+    action: str = Field(max_length=80)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+HUB_TABLES = frozenset(
+    m.__tablename__
+    for m in (
+        FeatureFlag,
+        Integration,
+        Credential,
+        FieldMapping,
+        SyncSchedule,
+        Exclusion,
+        SyncRun,
+        RecordOutcome,
+        ExportLedger,
+        AuditEntry,
+    )
+)

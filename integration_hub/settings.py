@@ -1,0 +1,55 @@
+"""Configuration from the environment (prefix ``INTEGRATIONS_``), with embedded defaults.
+
+Defaults keep everything under ``var/`` so a fresh clone runs with SQLite and a local key file.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_var_dir() -> Path:
+    return PROJECT_ROOT / "var"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INTEGRATIONS_", extra="ignore")
+
+    var_dir: Path = Field(default_factory=default_var_dir)
+    database_url: str | None = None
+    """The hub's own database. Default: SQLite file ``var/hub.db``."""
+    app_database_url: str | None = None
+    """The volunteer app's database that claims and activities are read from. Default: same."""
+    vault_key_file: Path | None = None
+    """Key ring file written by ``integrations vault init``. Default: ``var/vault.key``."""
+    vault_keys: str | None = None
+    """Alternative to the key file: ``"1:<base64>,2:<base64>"``, the highest version primary."""
+    prefect_ui_url: str | None = None
+
+    @property
+    def hub_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var_dir / 'hub.db'}"
+
+    @property
+    def app_url(self) -> str:
+        return self.app_database_url or self.hub_url
+
+    @property
+    def key_file(self) -> Path:
+        return self.vault_key_file or self.var_dir / "vault.key"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests and the demo change the environment)."""
+    get_settings.cache_clear()
