@@ -1,0 +1,231 @@
+"""The adapter protocol every integration type implements.
+
+An integration type is one class: it declares its key, its typed configuration (secret fields
+are ``SecretStr``: that one flag decides what goes to the vault, what is masked and what is
+redacted), the target fields a mapping can fill, and four operations: ``check_connection``,
+``reference_codes``, ``load`` and ``lookup``. The generic load engine in
+:mod:`integration_hub.tasks.load` drives ``load``/``lookup`` and keeps the export ledger, so an
+adapter only speaks its target's protocol.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar, final
+
+import httpx
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+CONNECTION_TEST_DEADLINE_S = 10.0
+
+
+class IntegrationConfig(BaseModel):
+    """Typed configuration of one integration type. ``SecretStr`` fields live in the vault."""
+
+    model_config = ConfigDict(hide_input_in_errors=True, extra="forbid", frozen=True)
+
+    @classmethod
+    def secret_fields(cls) -> tuple[str, ...]:
+        return tuple(
+            name for name, info in cls.model_fields.items() if info.annotation is SecretStr
+        )
+
+    @classmethod
+    def setting_fields(cls) -> tuple[str, ...]:
+        return tuple(name for name in cls.model_fields if name not in cls.secret_fields())
+
+    def settings(self) -> dict[str, Any]:
+        """The non-secret part, safe for the database, pages, logs and Prefect parameters."""
+        return self.model_dump(mode="json", include=set(self.setting_fields()))
+
+    def secrets(self) -> dict[str, str]:
+        """The secret part in plaintext: only for the vault's ``store``."""
+        return {name: getattr(self, name).get_secret_value() for name in self.secret_fields()}
+
+    def secret_values(self) -> list[str]:
+        """Values to scrub from any text that might leave the adapter."""
+        return [value for value in self.secrets().values() if value]
+
+
+class ConnectionStatus(StrEnum):
+    OK = "ok"
+    BAD_CREDENTIALS = "bad_credentials"
+    UNREACHABLE = "unreachable"
+    TIMED_OUT = "timed_out"
+    THROTTLED = "throttled"
+    UNEXPECTED_RESPONSE = "unexpected_response"
+
+
+@dataclass(frozen=True)
+class ConnectionResult:
+    status: ConnectionStatus
+    detail: str
+    elapsed_ms: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ConnectionStatus.OK
+
+
+@dataclass(frozen=True)
+class ReferenceCode:
+    """A code the target accepts (e.g. an account), with whether it can be posted to."""
+
+    code: str
+    name: str
+    postable: bool = True
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class TargetField:
+    """A field a mapping fills; ``reference`` fields are checked against the target's codes."""
+
+    name: str
+    label: str
+    required: bool = True
+    reference: bool = False
+    help: str = ""
+
+
+class RecordStatus(StrEnum):
+    EXPORTED = "exported"
+    REJECTED = "rejected"  # the target refused this record; retrying unchanged will not help
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    idempotency_key: str
+    status: RecordStatus
+    target_reference: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class BatchResult:
+    """What the target said about one request's records, plus how many requests it took."""
+
+    results: list[RecordResult] = field(default_factory=list)
+    requests: int = 1
+
+
+class AdapterError(Exception):
+    """Base of the errors the load engine sorts: retry later, outcome unknown, stop the run."""
+
+
+class TransientError(AdapterError):
+    """Nothing was stored (rate limit, 5xx before processing): safe to send again later."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OutcomeUnknown(AdapterError):
+    """The request may or may not have been stored (timeout, dropped connection)."""
+
+
+class RunAbort(AdapterError):
+    """Nothing more can succeed in this run (bad token, credits used up): stop and say why."""
+
+
+class Adapter(ABC):
+    """One integration type. Subclasses set the class variables and implement the operations."""
+
+    key: ClassVar[str]
+    display_name: ClassVar[str]
+    config_model: ClassVar[type[IntegrationConfig]]
+    record_type: ClassVar[str] = "expense_claim"
+    target_fields: ClassVar[tuple[TargetField, ...]] = ()
+    default_mapping: ClassVar[str | None] = None
+    """File name of the mapping template under ``integration_hub/mappings/``."""
+    max_lines_per_request: ClassVar[int] = 100
+    text_max_length: ClassVar[int] = 250
+    reference_label: ClassVar[str] = "account"
+
+    connect_timeout_s: ClassVar[float] = 3.0
+    read_timeout_s: ClassVar[float] = 30.0
+
+    def __init__(
+        self, config: IntegrationConfig, *, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        if not isinstance(config, self.config_model):
+            raise TypeError(f"{self.key} needs a {self.config_model.__name__}")
+        self.config = config
+        self._transport = transport
+        self.requests_sent = 0
+
+    def client(self, *, read_timeout: float | None = None) -> httpx.Client:
+        """A client with separate connect/read timeouts; tests inject a transport."""
+        timeout = httpx.Timeout(read_timeout or self.read_timeout_s, connect=self.connect_timeout_s)
+        return httpx.Client(transport=self._transport, timeout=timeout)
+
+    def redact(self, text: str) -> str:
+        for secret in self.config.secret_values():
+            if len(secret) >= 4:
+                text = text.replace(secret, "[REDACTED]")
+        return text
+
+    @final
+    def check_connection(self, deadline_s: float = CONNECTION_TEST_DEADLINE_S) -> ConnectionResult:
+        """Probe the target; always answers within ``deadline_s`` with a classified result."""
+        started = time.monotonic()
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        future = pool.submit(self._probe_classified, deadline_s)
+        try:
+            result = future.result(timeout=deadline_s)
+        except concurrent.futures.TimeoutError:
+            result = ConnectionResult(
+                ConnectionStatus.TIMED_OUT,
+                f"{self.display_name} did not answer within {deadline_s:.0f} seconds",
+            )
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        elapsed = int((time.monotonic() - started) * 1000)
+        return ConnectionResult(result.status, self.redact(result.detail), elapsed)
+
+    def _probe_classified(self, deadline_s: float) -> ConnectionResult:
+        try:
+            return self.probe(deadline_s)
+        except httpx.TimeoutException:
+            return ConnectionResult(
+                ConnectionStatus.TIMED_OUT, f"{self.display_name} did not answer in time"
+            )
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            return ConnectionResult(
+                ConnectionStatus.UNREACHABLE,
+                f"Could not reach {self.display_name}: {type(exc).__name__}",
+            )
+        except httpx.HTTPError as exc:
+            return ConnectionResult(
+                ConnectionStatus.UNREACHABLE, f"Could not reach {self.display_name}: {exc}"
+            )
+
+    @abstractmethod
+    def probe(self, deadline_s: float) -> ConnectionResult:
+        """One cheap authenticated request; map the answer to a :class:`ConnectionResult`.
+
+        Transport errors may propagate: :meth:`check_connection` classifies them. Must not wait
+        on a Retry-After; a throttled answer is itself the result.
+        """
+
+    @abstractmethod
+    def reference_codes(self) -> list[ReferenceCode]:
+        """Every code a mapping may use (e.g. the whole chart of accounts, all pages)."""
+
+    @abstractmethod
+    def load(self, lines: pd.DataFrame) -> BatchResult:
+        """Send one request's worth of lines (whole records only) and say per record what
+        happened. Raise :class:`TransientError`, :class:`OutcomeUnknown` or :class:`RunAbort`
+        for whole-request problems."""
+
+    @abstractmethod
+    def lookup(self, keys: list[str]) -> dict[str, str]:
+        """Which of these idempotency keys the target already has: key -> target reference."""
