@@ -1,0 +1,146 @@
+"""The export ledger: what has been sent, so that nothing is ever posted twice.
+
+Protocol: ``mark_pending`` commits a row per record *before* the request leaves; the target's
+answer turns it into ``exported`` (``confirm``) or removes it (``release``) when the target
+refused. A pending row that outlives its run means the outcome is unknown; the load engine looks
+those keys up at the target before anything is sent again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, select, update
+from sqlmodel import Session
+
+from integration_hub.models import ExportLedger, LedgerState, utcnow
+
+SessionFactory = Callable[[], AbstractContextManager[Session]]
+CHUNK = 500
+
+
+def _chunks(items: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+@dataclass(frozen=True)
+class PendingRecord:
+    idempotency_key: str
+    record_id: int
+    record_version: int
+    amount_ore: int
+
+
+class Ledger:
+    """Ledger rows of one integration; every call is its own committed transaction."""
+
+    def __init__(
+        self,
+        session_factory: SessionFactory,
+        *,
+        organisation_id: int,
+        integration_id: int,
+        record_type: str,
+    ) -> None:
+        self._session = session_factory
+        self.organisation_id = organisation_id
+        self.integration_id = integration_id
+        self.record_type = record_type
+
+    def exported_references(self, keys: list[str]) -> dict[str, str]:
+        """key -> target reference for the keys already confirmed at the target."""
+        found: dict[str, str] = {}
+        table = ExportLedger.__table__
+        with self._session() as session:
+            for chunk in _chunks(keys):
+                rows = session.execute(
+                    select(table.c.idempotency_key, table.c.target_reference).where(
+                        table.c.idempotency_key.in_(chunk),
+                        table.c.state == LedgerState.EXPORTED.value,
+                    )
+                )
+                found.update({key: reference or "" for key, reference in rows})
+        return found
+
+    def exported_versions(self) -> dict[int, tuple[int, str | None]]:
+        """record id -> (exported version, target reference) for this integration."""
+        table = ExportLedger.__table__
+        with self._session() as session:
+            rows = session.execute(
+                select(table.c.record_id, table.c.record_version, table.c.target_reference).where(
+                    table.c.integration_id == self.integration_id,
+                    table.c.record_type == self.record_type,
+                    table.c.state == LedgerState.EXPORTED,
+                )
+            )
+            result: dict[int, tuple[int, str | None]] = {}
+            for record_id, version, reference in rows:
+                if record_id not in result or version > result[record_id][0]:
+                    result[record_id] = (version, reference)
+            return result
+
+    def mark_pending(self, records: list[PendingRecord], run_id: int | None) -> None:
+        now = utcnow()
+        with self._session() as session:
+            session.execute(
+                insert(ExportLedger.__table__),
+                [
+                    {
+                        "idempotency_key": r.idempotency_key,
+                        "organisation_id": self.organisation_id,
+                        "integration_id": self.integration_id,
+                        "record_type": self.record_type,
+                        "record_id": r.record_id,
+                        "record_version": r.record_version,
+                        "state": LedgerState.PENDING.value,
+                        "run_id": run_id,
+                        "amount_ore": r.amount_ore,
+                        "created_at": now,
+                    }
+                    for r in records
+                ],
+            )
+
+    def confirm(self, references: dict[str, str]) -> None:
+        if not references:
+            return
+        table = ExportLedger.__table__
+        now = utcnow()
+        with self._session() as session:
+            for key, reference in references.items():
+                session.execute(
+                    update(table)
+                    .where(table.c.idempotency_key == key)
+                    .values(
+                        state=LedgerState.EXPORTED.value,
+                        target_reference=reference,
+                        confirmed_at=now,
+                    )
+                )
+
+    def release(self, keys: list[str]) -> None:
+        """Forget pending rows the target certainly does not have, so they can be sent again."""
+        table = ExportLedger.__table__
+        with self._session() as session:
+            for chunk in _chunks(keys):
+                session.execute(
+                    delete(table).where(
+                        table.c.idempotency_key.in_(chunk),
+                        table.c.state == LedgerState.PENDING.value,
+                    )
+                )
+
+    def pending_keys(self) -> list[str]:
+        table = ExportLedger.__table__
+        with self._session() as session:
+            return list(
+                session.scalars(
+                    select(table.c.idempotency_key).where(
+                        table.c.integration_id == self.integration_id,
+                        table.c.state == LedgerState.PENDING.value,
+                    )
+                )
+            )

@@ -1,0 +1,64 @@
+"""What a run needs to know about its integration, read once from the hub database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlmodel import select
+
+from integration_hub.adapters.registry import get_type
+from integration_hub.db import hub_session
+from integration_hub.mappings.spec import MappingDocument, parse_mapping
+from integration_hub.models import Exclusion, FieldMapping, Integration
+
+
+class IntegrationNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunContext:
+    integration: Integration
+    mapping: MappingDocument | None
+    mapping_version: int | None
+    excluded: frozenset[str]
+
+    @property
+    def integration_id(self) -> int:
+        return self.integration.id or 0
+
+    @property
+    def organisation_id(self) -> int:
+        return self.integration.organisation_id
+
+    @property
+    def type_key(self) -> str:
+        return self.integration.type_key
+
+    @property
+    def display_name(self) -> str:
+        return get_type(self.type_key).display_name
+
+
+def latest_mapping(session, integration_id: int) -> FieldMapping | None:  # type: ignore[no-untyped-def]
+    return session.exec(
+        select(FieldMapping)
+        .where(FieldMapping.integration_id == integration_id)
+        .order_by(FieldMapping.version.desc())  # type: ignore[attr-defined]
+        .limit(1)
+    ).first()
+
+
+def load_context(integration_id: int) -> RunContext:
+    with hub_session() as session:
+        integration = session.get(Integration, integration_id)
+        if integration is None:
+            raise IntegrationNotFound(f"integration {integration_id} does not exist")
+        stored = latest_mapping(session, integration_id)
+        excluded = frozenset(
+            session.exec(
+                select(Exclusion.category).where(Exclusion.integration_id == integration_id)
+            ).all()
+        )
+    mapping = parse_mapping(stored.document) if stored else None
+    return RunContext(integration, mapping, stored.version if stored else None, excluded)

@@ -1,0 +1,143 @@
+"""Extract: approved claims from the volunteer app's database, as one typed DataFrame.
+
+Then the two reasons a claim is not sent even though it is approved: the organisation excluded
+its category, or an earlier version already went out (changing a posted voucher is a person's job).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from integration_hub.mappings.resolver import FAILURE_COLUMNS
+from integration_hub.models import Chapter, ClaimStatus, ExpenseClaim, Volunteer
+
+CATEGORY_LABELS = {
+    "mileage": "Kjøregodtgjørelse",
+    "travel": "Reise",
+    "meals": "Kost",
+    "materials": "Materiell",
+    "parking": "Parkering",
+    "toll": "Bompenger",
+}
+
+CLAIM_COLUMNS = {
+    "claim_id": "int64",
+    "version": "int64",
+    "volunteer_id": "int64",
+    "category": "string",
+    "amount_ore": "int64",
+    "distance_km": "string",
+    "description": "string",
+    "expense_date": "string",
+    "approved_date": "string",
+    "volunteer_name": "string",
+    "employee_number": "string",
+    "supplier_number": "string",
+    "chapter_code": "string",
+    "chapter_name": "string",
+}
+
+
+def claims_query(organisation_id: int, since: date | None, until: date | None):  # type: ignore[no-untyped-def]
+    claim, volunteer, chapter = (
+        ExpenseClaim.__table__,
+        Volunteer.__table__,
+        Chapter.__table__,
+    )
+    query = (
+        select(
+            claim.c.id.label("claim_id"),
+            claim.c.version,
+            claim.c.volunteer_id,
+            claim.c.category,
+            claim.c.amount_ore,
+            claim.c.distance_km,
+            claim.c.description,
+            claim.c.expense_date,
+            claim.c.approved_at,
+            volunteer.c.name.label("volunteer_name"),
+            volunteer.c.employee_number,
+            volunteer.c.supplier_number,
+            chapter.c.code.label("chapter_code"),
+            chapter.c.name.label("chapter_name"),
+        )
+        .join(volunteer, volunteer.c.id == claim.c.volunteer_id)
+        .join(chapter, chapter.c.id == claim.c.chapter_id)
+        .where(
+            claim.c.organisation_id == organisation_id,
+            claim.c.status == ClaimStatus.APPROVED.value,
+            claim.c.approved_at.is_not(None),
+        )
+        .order_by(claim.c.id)
+    )
+    if since is not None:
+        query = query.where(claim.c.approved_at >= datetime.combine(since, time.min))
+    if until is not None:
+        query = query.where(
+            claim.c.approved_at < datetime.combine(until + timedelta(days=1), time.min)
+        )
+    return query
+
+
+def extract_claims(
+    engine: Engine, organisation_id: int, since: date | None = None, until: date | None = None
+) -> pd.DataFrame:
+    """Approved claims whose approval date is within [since, until] (either end open)."""
+    with engine.connect() as connection:
+        frame = pd.read_sql(
+            claims_query(organisation_id, since, until), connection, coerce_float=False
+        )
+    approved = pd.to_datetime(frame.pop("approved_at"), utc=True, format="mixed")
+    frame["approved_date"] = approved.dt.tz_convert("Europe/Oslo").dt.strftime("%Y-%m-%d")
+    frame["expense_date"] = pd.to_datetime(frame["expense_date"]).dt.strftime("%Y-%m-%d")
+    frame["distance_km"] = frame["distance_km"].map(
+        lambda v: None if v is None or v != v else str(v)
+    )
+    frame = frame.astype(CLAIM_COLUMNS)[list(CLAIM_COLUMNS)]
+    frame["category_label"] = (
+        frame["category"].map(CATEGORY_LABELS).fillna(frame["category"]).astype("string")
+    )
+    return frame
+
+
+def _skipped(claims: pd.DataFrame, reasons: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "record_id": claims["claim_id"].astype("int64"),
+            "record_version": claims["version"].astype("int64"),
+            "reason": reasons.astype("string"),
+        }
+    )[FAILURE_COLUMNS]
+
+
+def apply_exclusions(
+    claims: pd.DataFrame, excluded_categories: set[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(claims to send, skipped claims with why)."""
+    excluded = claims["category"].isin(sorted(excluded_categories))
+    reasons = "category '" + claims.loc[excluded, "category"] + "' is excluded from export"
+    return claims[~excluded], _skipped(claims[excluded], reasons)
+
+
+def drop_already_exported(
+    claims: pd.DataFrame, exported: dict[int, tuple[int, str | None]]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Leave out claims already exported; a claim changed since is skipped with why."""
+    if not exported or claims.empty:
+        return claims, _skipped(claims.iloc[0:0], pd.Series(dtype="string"))
+    exported_version = claims["claim_id"].map(lambda i: exported.get(int(i), (None, None))[0])
+    same = exported_version.eq(claims["version"]).fillna(False).astype(bool)
+    changed = exported_version.notna() & ~same
+    references = claims.loc[changed, "claim_id"].map(lambda i: exported[int(i)][1] or "?")
+    reasons = (
+        "changed in the app after version "
+        + exported_version[changed].astype("Int64").astype("string")
+        + " was exported ("
+        + references.astype("string")
+        + "); correct the posted voucher by hand"
+    )
+    return claims[~same & ~changed], _skipped(claims[changed], reasons)

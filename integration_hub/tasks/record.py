@@ -1,0 +1,226 @@
+"""Record: the run's summary, every record's outcome, and the failures people must act on."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import func, insert, select
+
+from integration_hub.db import hub_session
+from integration_hub.models import OutcomeStatus, RecordOutcome, RunStatus, SyncRun, utcnow
+
+OUTCOME_FRAME_COLUMNS = [
+    "record_id",
+    "record_version",
+    "status",
+    "reason",
+    "target_reference",
+    "idempotency_key",
+]
+
+
+def start_run(
+    *,
+    integration_id: int,
+    organisation_id: int,
+    trigger: str,
+    since: date | None,
+    until: date | None,
+    dry_run: bool,
+    flow_run_id: str | None,
+    mapping_version: int | None,
+) -> int:
+    with hub_session() as session:
+        run = SyncRun(
+            integration_id=integration_id,
+            organisation_id=organisation_id,
+            trigger=trigger,
+            window_start=since,
+            window_end=until,
+            dry_run=dry_run,
+            flow_run_id=flow_run_id,
+            mapping_version=mapping_version,
+        )
+        session.add(run)
+        session.flush()
+        return run.id or 0
+
+
+def outcome_frame(status: OutcomeStatus, records: pd.DataFrame) -> pd.DataFrame:
+    """Turn a (record_id, record_version, reason) frame into outcome rows of one status."""
+    frame = pd.DataFrame(
+        {
+            "record_id": records["record_id"].astype("int64"),
+            "record_version": records["record_version"].astype("int64"),
+            "status": status.value,
+            "reason": records.get("reason"),
+            "target_reference": None,
+            "idempotency_key": records.get("idempotency_key"),
+        }
+    )
+    return frame[OUTCOME_FRAME_COLUMNS]
+
+
+def _previous_failures(integration_id: int, record_ids: list[int]) -> dict[tuple[int, int], int]:
+    table = RecordOutcome.__table__
+    counts: dict[tuple[int, int], int] = {}
+    with hub_session() as session:
+        for start in range(0, len(record_ids), 900):
+            chunk = record_ids[start : start + 900]
+            rows = session.execute(
+                select(table.c.record_id, table.c.record_version, func.count())
+                .where(
+                    table.c.integration_id == integration_id,
+                    table.c.status == OutcomeStatus.FAILED.value,
+                    table.c.record_id.in_(chunk),
+                )
+                .group_by(table.c.record_id, table.c.record_version)
+            )
+            counts.update({(r, v): n for r, v, n in rows})
+    return counts
+
+
+def finish_run(
+    run_id: int,
+    *,
+    integration_id: int,
+    outcomes: pd.DataFrame,
+    details: pd.DataFrame,
+    extracted: int,
+    requests_sent: int,
+    error: str | None = None,
+    write_outcomes: bool = True,
+) -> dict[str, Any]:
+    """Store every outcome and the run's counts; returns the summary that flows print."""
+    outcomes = outcomes.copy()
+    amounts = details.set_index("record_id")["amount_ore"] if not details.empty else pd.Series()
+    outcomes["amount_ore"] = outcomes["record_id"].map(amounts)
+    failed_ids = sorted(
+        {int(i) for i in outcomes.loc[outcomes["status"] == OutcomeStatus.FAILED, "record_id"]}
+    )
+    previous = _previous_failures(integration_id, failed_ids) if write_outcomes else {}
+    summaries = _record_summaries(details)
+    now = utcnow()
+    rows = [
+        {
+            "run_id": run_id,
+            "integration_id": integration_id,
+            "record_type": "expense_claim",
+            "record_id": int(o.record_id),
+            "record_version": int(o.record_version),
+            "status": o.status,
+            "reason": None if pd.isna(o.reason) else str(o.reason),
+            "target_reference": None if pd.isna(o.target_reference) else str(o.target_reference),
+            "idempotency_key": None if pd.isna(o.idempotency_key) else str(o.idempotency_key),
+            "attempt": previous.get((int(o.record_id), int(o.record_version)), 0) + 1,
+            "amount_ore": None if pd.isna(o.amount_ore) else int(o.amount_ore),
+            "summary": summaries.get(int(o.record_id), {}),
+            "created_at": now,
+        }
+        for o in outcomes.itertuples(index=False)
+    ]
+    counts = outcomes["status"].value_counts()
+    by_status = {s: int(counts.get(s.value, 0)) for s in OutcomeStatus}
+
+    def amount(status: OutcomeStatus) -> int:
+        return int(outcomes.loc[outcomes["status"] == status.value, "amount_ore"].fillna(0).sum())
+
+    if error:
+        status = RunStatus.FAILED
+    elif by_status[OutcomeStatus.FAILED]:
+        status = RunStatus.PARTIAL
+    else:
+        status = RunStatus.SUCCEEDED
+    with hub_session() as session:
+        if write_outcomes and rows:
+            session.execute(insert(RecordOutcome.__table__), rows)
+        run = session.get(SyncRun, run_id)
+        assert run is not None
+        run.extracted = extracted
+        run.exported = by_status[OutcomeStatus.EXPORTED]
+        run.failed = by_status[OutcomeStatus.FAILED]
+        run.skipped = by_status[OutcomeStatus.SKIPPED]
+        run.exported_amount_ore = amount(OutcomeStatus.EXPORTED)
+        run.failed_amount_ore = amount(OutcomeStatus.FAILED)
+        run.requests_sent = requests_sent
+        run.status = status.value
+        run.error = error[:2000] if error else None
+        run.finished_at = now
+        session.add(run)
+        summary = run_summary(run)
+    summary["failures"] = [
+        {
+            "record_id": r["record_id"],
+            "reason": r["reason"],
+            "attempt": r["attempt"],
+            **r["summary"],
+        }
+        for r in rows
+        if r["status"] == OutcomeStatus.FAILED.value
+    ]
+    summary["skipped_reasons"] = (
+        outcomes.loc[outcomes["status"] == OutcomeStatus.SKIPPED.value, "reason"]
+        .value_counts()
+        .to_dict()
+    )
+    return summary
+
+
+def fail_run(run_id: int, error: str) -> None:
+    """Mark a run that could not finish; its records keep no outcome rows of this run."""
+    with hub_session() as session:
+        run = session.get(SyncRun, run_id)
+        if run is None:
+            return
+        run.status = RunStatus.FAILED.value
+        run.error = error[:2000]
+        run.finished_at = utcnow()
+        session.add(run)
+
+
+def run_summary(run: SyncRun) -> dict[str, Any]:
+    duration = (
+        (run.finished_at - run.started_at).total_seconds()
+        if run.finished_at and run.started_at
+        else None
+    )
+    return {
+        "run_id": run.id,
+        "integration_id": run.integration_id,
+        "trigger": run.trigger,
+        "status": run.status,
+        "dry_run": run.dry_run,
+        "window": [
+            run.window_start.isoformat() if run.window_start else None,
+            run.window_end.isoformat() if run.window_end else None,
+        ],
+        "extracted": run.extracted,
+        "exported": run.exported,
+        "failed": run.failed,
+        "skipped": run.skipped,
+        "exported_amount_ore": run.exported_amount_ore,
+        "failed_amount_ore": run.failed_amount_ore,
+        "requests_sent": run.requests_sent,
+        "duration_s": duration,
+        "error": run.error,
+        "flow_run_id": run.flow_run_id,
+    }
+
+
+def _record_summaries(details: pd.DataFrame) -> dict[int, dict[str, Any]]:
+    """What a person needs to recognise a record: never secrets, only app facts."""
+    if details.empty:
+        return {}
+    columns = [
+        c for c in ("category", "volunteer_name", "expense_date", "amount_ore") if c in details
+    ]
+    subset = details.set_index("record_id")[columns]
+    return {
+        int(record_id): {
+            k: (None if pd.isna(v) else (int(v) if k == "amount_ore" else str(v)))
+            for k, v in values.items()
+        }
+        for record_id, values in subset.to_dict("index").items()
+    }

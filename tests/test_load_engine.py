@@ -1,0 +1,212 @@
+"""The generic load engine against a scripted target: retries, reconciliation, no duplicates.
+
+The ledger is real (SQLite and PostgreSQL); the target is an in-memory fake whose faults are
+scripted per request, in the spirit of dlt's dummy destination.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+import pytest
+from factories import claims_frame
+from pydantic import SecretStr
+
+from integration_hub.adapters.base import (
+    Adapter,
+    BatchResult,
+    ConnectionResult,
+    ConnectionStatus,
+    IntegrationConfig,
+    OutcomeUnknown,
+    RecordResult,
+    RecordStatus,
+    ReferenceCode,
+    RunAbort,
+    TransientError,
+)
+from integration_hub.db import hub_session
+from integration_hub.ledger import Ledger
+from integration_hub.mappings.resolver import map_claims
+from integration_hub.mappings.spec import load_template
+from integration_hub.models import ExportLedger, Integration
+from integration_hub.tasks.load import RetryPolicy, load_lines, request_chunks
+
+
+class FakeConfig(IntegrationConfig):
+    token: SecretStr
+
+
+class ScriptedTarget(Adapter):
+    """Faults per request, in order: ok, transient, commit-then-unknown, unknown, abort."""
+
+    key = "fake"
+    display_name = "Fake"
+    config_model = FakeConfig
+    max_lines_per_request = 4
+
+    def __init__(self, script: list[str], reject: set[int] | None = None) -> None:
+        super().__init__(FakeConfig(token=SecretStr("t0ken-value")))
+        self.script = list(script)
+        self.reject = reject or set()
+        self.stored: list[str] = []
+        self.lookups = 0
+
+    def probe(self, deadline_s: float) -> ConnectionResult:
+        return ConnectionResult(ConnectionStatus.OK, "fake")
+
+    def reference_codes(self) -> list[ReferenceCode]:
+        return []
+
+    def lookup(self, keys: list[str]) -> dict[str, str]:
+        self.lookups += 1
+        self.requests_sent += 1
+        return {k: f"ref-{k[:6]}" for k in keys if k in self.stored}
+
+    def load(self, lines: pd.DataFrame) -> BatchResult:
+        self.requests_sent += 1
+        step = self.script.pop(0) if self.script else "ok"
+        if step == "transient":
+            raise TransientError("busy", retry_after=0.0)
+        if step == "unknown":
+            raise OutcomeUnknown("connection dropped before commit")
+        if step == "abort":
+            raise RunAbort("token refused")
+        results = []
+        for record in lines.drop_duplicates("idempotency_key").itertuples():
+            if int(record.record_id) in self.reject:
+                results.append(RecordResult(record.idempotency_key, RecordStatus.REJECTED,
+                                            reason="period closed"))
+            else:
+                self.stored.append(record.idempotency_key)
+                results.append(RecordResult(record.idempotency_key, RecordStatus.EXPORTED,
+                                            f"ref-{record.idempotency_key[:6]}"))
+        if step == "commit-then-unknown":
+            raise OutcomeUnknown("timed out after commit")
+        return BatchResult(results)
+
+
+NO_WAIT = RetryPolicy(attempts=3, base_delay_s=0.0, sleep=lambda _s: None)
+
+
+@pytest.fixture
+def ledger(hub_env: str) -> Ledger:
+    with hub_session() as session:
+        row = Integration(organisation_id=1, type_key="fake")
+        session.add(row)
+        session.flush()
+        integration_id = row.id or 0
+    return Ledger(hub_session, organisation_id=1, integration_id=integration_id,
+                  record_type="expense_claim")
+
+
+def _lines(count: int) -> pd.DataFrame:
+    claims = claims_frame([{"claim_id": i, "amount_ore": 1000 + i} for i in range(1, count + 1)])
+    required = {"expense_account": "a", "payable_account": "b", "posting_date": "c"}
+    lines, _ = map_claims(claims, load_template("xledger_expense_claims.yaml"),
+                          required_fields=required, text_max_length=255,
+                          organisation_id=1, integration_id=1)
+    return lines
+
+
+def _statuses(report: Any) -> Counter[str]:
+    return Counter(o["status"] for o in report.outcomes)
+
+
+def _ledger_states() -> Counter[str]:
+    with hub_session() as session:
+        return Counter(row.state for row in session.query(ExportLedger).all())
+
+
+def test_chunks_never_split_a_voucher() -> None:
+    lines = _lines(5)
+    chunks = list(request_chunks(lines, 4))
+    assert [len(c) for c in chunks] == [4, 4, 2]
+    for chunk in chunks:
+        assert chunk.groupby("idempotency_key").size().eq(2).all()
+
+
+def test_all_exported_and_ledger_confirmed(ledger: Ledger) -> None:
+    target = ScriptedTarget(["ok"] * 3)
+    report = load_lines(target, _lines(5), ledger=ledger, run_id=None, policy=NO_WAIT)
+    assert _statuses(report) == {"exported": 5}
+    assert report.requests == 3
+    assert _ledger_states() == {"exported": 5}
+
+
+def test_transient_errors_are_retried_and_rejections_are_not(ledger: Ledger) -> None:
+    target = ScriptedTarget(["transient", "ok", "ok"], reject={2})
+    report = load_lines(target, _lines(4), ledger=ledger, run_id=None, policy=NO_WAIT)
+    assert _statuses(report) == {"exported": 3, "failed": 1}
+    failed = [o for o in report.outcomes if o["status"] == "failed"]
+    assert failed[0]["record_id"] == 2 and failed[0]["reason"] == "period closed"
+    assert _ledger_states() == {"exported": 3}  # the rejected one may be sent again later
+
+
+def test_commit_then_timeout_is_reconciled_without_a_second_post(ledger: Ledger) -> None:
+    target = ScriptedTarget(["commit-then-unknown", "ok"])
+    report = load_lines(target, _lines(4), ledger=ledger, run_id=None, policy=NO_WAIT)
+    assert _statuses(report) == {"exported": 4}
+    assert Counter(target.stored) == Counter(set(target.stored))  # no key stored twice
+    assert len(target.stored) == 4
+    assert report.reconciled == 2
+
+
+def test_unknown_before_commit_is_looked_up_then_resent(ledger: Ledger) -> None:
+    target = ScriptedTarget(["unknown", "ok"])
+    report = load_lines(target, _lines(2), ledger=ledger, run_id=None, policy=NO_WAIT)
+    assert _statuses(report) == {"exported": 2}
+    assert len(target.stored) == 2
+    assert target.lookups == 1
+
+
+def test_giving_up_on_transient_errors_fails_records_and_frees_them(ledger: Ledger) -> None:
+    target = ScriptedTarget(["transient"] * 3)
+    report = load_lines(target, _lines(2), ledger=ledger, run_id=None, policy=NO_WAIT)
+    assert _statuses(report) == {"failed": 2}
+    assert "gave up after 3 attempts" in report.outcomes[0]["reason"]
+    assert _ledger_states() == Counter()
+
+
+def test_abort_fails_the_rest_of_the_run_with_the_reason(ledger: Ledger) -> None:
+    target = ScriptedTarget(["ok", "abort"])
+    report = load_lines(target, _lines(6), ledger=ledger, run_id=None, policy=NO_WAIT)
+    assert _statuses(report) == {"exported": 2, "failed": 4}
+    assert report.aborted == "token refused"
+    assert all("token refused" in o["reason"] for o in report.outcomes if o["status"] == "failed")
+    assert target.requests_sent == 2  # nothing sent after the abort
+
+
+def test_pending_rows_left_by_a_crash_are_reconciled_before_sending(ledger: Ledger) -> None:
+    lines = _lines(4)
+
+    class CrashAfterCommit(ScriptedTarget):
+        def load(self, lines: pd.DataFrame) -> BatchResult:
+            super().load(lines)
+            raise KeyboardInterrupt  # the process dies after the target committed
+
+    crashing = CrashAfterCommit(["ok"])
+    with pytest.raises(KeyboardInterrupt):
+        load_lines(crashing, lines, ledger=ledger, run_id=None, policy=NO_WAIT)
+    assert _ledger_states() == {"pending": 2}
+
+    target = ScriptedTarget(["ok"])
+    target.stored = list(crashing.stored)  # the same target system, seen by the next run
+    report = load_lines(target, lines, ledger=ledger, run_id=None, policy=NO_WAIT)
+    assert _statuses(report) == {"exported": 4}
+    assert len(target.stored) == 4 and len(set(target.stored)) == 4
+    assert _ledger_states() == {"exported": 4}
+
+
+def test_a_second_load_of_the_same_lines_posts_nothing(ledger: Ledger) -> None:
+    lines = _lines(3)
+    first = ScriptedTarget([])
+    load_lines(first, lines, ledger=ledger, run_id=None, policy=NO_WAIT)
+    again = ScriptedTarget([])
+    again.stored = list(first.stored)
+    report = load_lines(again, lines, ledger=ledger, run_id=None, policy=NO_WAIT)
+    assert _statuses(report) == {"exported": 3}
+    assert len(again.stored) == 3
+    assert again.requests_sent == 0
