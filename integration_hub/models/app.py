@@ -10,8 +10,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import Column, DateTime, Numeric
+from sqlalchemy import Column, Numeric
 from sqlmodel import Field, SQLModel
+
+from integration_hub.models.types import Money, UTCDateTime
 
 
 class ClaimStatus(StrEnum):
@@ -77,13 +79,13 @@ class ExpenseClaim(SQLModel, table=True):
     chapter_id: int = Field(foreign_key="chapters.id")
     volunteer_id: int = Field(foreign_key="volunteers.id")
     category: str = Field(max_length=30)
-    amount_ore: int = Field(description="Claimed amount in øre; for mileage, km x rate")
+    amount_ore: int = Field(sa_type=Money, description="Claimed amount in øre; mileage: km x rate")
     distance_km: Decimal | None = Field(default=None, sa_column=Column(Numeric(9, 1)))
     rate_ore_per_km: int | None = None
     expense_date: date
     status: str = Field(default=ClaimStatus.SUBMITTED, max_length=20, index=True)
     approved_at: datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), index=True)
+        default=None, sa_column=Column(UTCDateTime(timezone=True), index=True)
     )
     description: str = Field(default="", max_length=500)
     version: int = Field(default=1, description="Bumped by the app on every change")

@@ -10,8 +10,10 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from integration_hub.models.types import Money, UTCDateTime
 
 
 def utcnow() -> datetime:
@@ -20,7 +22,7 @@ def utcnow() -> datetime:
 
 def _ts(index: bool = False, now: bool = False) -> Any:
     """A timezone-aware timestamp column; ``now`` fills it at insert time."""
-    column = Column(DateTime(timezone=True), index=index, nullable=not now)
+    column = Column(UTCDateTime(timezone=True), index=index, nullable=not now)
     if now:
         return Field(default_factory=utcnow, sa_column=column)
     return Field(default=None, sa_column=column)
@@ -151,8 +153,8 @@ class SyncRun(SQLModel, table=True):
     exported: int = 0
     failed: int = 0
     skipped: int = 0
-    exported_amount_ore: int = 0
-    failed_amount_ore: int = 0
+    exported_amount_ore: int = Field(default=0, sa_type=Money)
+    failed_amount_ore: int = Field(default=0, sa_type=Money)
     requests_sent: int = 0
     mapping_version: int | None = None
     error: str | None = Field(default=None, max_length=2000)
@@ -174,7 +176,7 @@ class RecordOutcome(SQLModel, table=True):
     target_reference: str | None = Field(default=None, max_length=200)
     idempotency_key: str | None = Field(default=None, max_length=80)
     attempt: int = 1
-    amount_ore: int | None = None
+    amount_ore: int | None = Field(default=None, sa_type=Money)
     summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _ts(now=True)
 
@@ -198,7 +200,7 @@ class ExportLedger(SQLModel, table=True):
     state: str = Field(default=LedgerState.PENDING, max_length=20)
     run_id: int | None = None
     target_reference: str | None = Field(default=None, max_length=200)
-    amount_ore: int = 0
+    amount_ore: int = Field(default=0, sa_type=Money)
     created_at: datetime = _ts(now=True)
     confirmed_at: datetime | None = _ts()
 

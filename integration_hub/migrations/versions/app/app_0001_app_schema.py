@@ -2,7 +2,7 @@
 
 Revision ID: app_0001
 Revises:
-Create Date: 2026-11-24 18:16:28.876037
+Create Date: 2026-11-24 18:27:00.745973
 """
 
 from collections.abc import Sequence
@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
+
+import integration_hub.models.types
 
 revision: str = "app_0001"
 down_revision: str | Sequence[str] | None = None
@@ -113,12 +115,14 @@ def upgrade() -> None:
         sa.Column("chapter_id", sa.Integer(), nullable=False),
         sa.Column("volunteer_id", sa.Integer(), nullable=False),
         sa.Column("category", sqlmodel.sql.sqltypes.AutoString(length=30), nullable=False),
-        sa.Column("amount_ore", sa.Integer(), nullable=False),
+        sa.Column("amount_ore", sa.BigInteger(), nullable=False),
         sa.Column("distance_km", sa.Numeric(precision=9, scale=1), nullable=True),
         sa.Column("rate_ore_per_km", sa.Integer(), nullable=True),
         sa.Column("expense_date", sa.Date(), nullable=False),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-        sa.Column("approved_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "approved_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=True
+        ),
         sa.Column("description", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(

@@ -2,7 +2,7 @@
 
 Revision ID: hub_0001
 Revises:
-Create Date: 2026-11-24 18:16:28.923833
+Create Date: 2026-11-24 18:27:00.798822
 """
 
 from collections.abc import Sequence
@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
+
+import integration_hub.models.types
 
 revision: str = "hub_0001"
 down_revision: str | Sequence[str] | None = None
@@ -22,7 +24,7 @@ def upgrade() -> None:
     op.create_table(
         "hub_audit_log",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(length=120), nullable=False),
         sa.Column("organisation_id", sa.Integer(), nullable=True),
         sa.Column("integration_id", sa.Integer(), nullable=True),
@@ -59,9 +61,15 @@ def upgrade() -> None:
         sa.Column("settings", sa.JSON(), nullable=False),
         sa.Column("last_test_status", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
         sa.Column("last_test_detail", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
-        sa.Column("last_test_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "last_test_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=True
+        ),
+        sa.Column(
+            "created_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column(
+            "updated_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=False
+        ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("organisation_id", "type_key"),
     )
@@ -80,7 +88,9 @@ def upgrade() -> None:
         sa.Column("nonce", sa.LargeBinary(), nullable=False),
         sa.Column("ciphertext", sa.LargeBinary(), nullable=False),
         sa.Column("hint", sqlmodel.sql.sqltypes.AutoString(length=4), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "updated_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=False
+        ),
         sa.ForeignKeyConstraint(
             ["integration_id"],
             ["hub_integrations.id"],
@@ -101,7 +111,9 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("integration_id", sa.Integer(), nullable=False),
         sa.Column("category", sqlmodel.sql.sqltypes.AutoString(length=80), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "created_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=False
+        ),
         sa.ForeignKeyConstraint(
             ["integration_id"],
             ["hub_integrations.id"],
@@ -126,9 +138,13 @@ def upgrade() -> None:
         sa.Column("state", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
         sa.Column("run_id", sa.Integer(), nullable=True),
         sa.Column("target_reference", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
-        sa.Column("amount_ore", sa.Integer(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("amount_ore", sa.BigInteger(), nullable=False),
+        sa.Column(
+            "created_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column(
+            "confirmed_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=True
+        ),
         sa.ForeignKeyConstraint(
             ["integration_id"],
             ["hub_integrations.id"],
@@ -152,7 +168,9 @@ def upgrade() -> None:
         sa.Column("document", sa.JSON(), nullable=False),
         sa.Column("acknowledged_warnings", sa.JSON(), nullable=False),
         sa.Column("created_by", sqlmodel.sql.sqltypes.AutoString(length=120), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "created_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=False
+        ),
         sa.ForeignKeyConstraint(
             ["integration_id"],
             ["hub_integrations.id"],
@@ -180,13 +198,17 @@ def upgrade() -> None:
         sa.Column("exported", sa.Integer(), nullable=False),
         sa.Column("failed", sa.Integer(), nullable=False),
         sa.Column("skipped", sa.Integer(), nullable=False),
-        sa.Column("exported_amount_ore", sa.Integer(), nullable=False),
-        sa.Column("failed_amount_ore", sa.Integer(), nullable=False),
+        sa.Column("exported_amount_ore", sa.BigInteger(), nullable=False),
+        sa.Column("failed_amount_ore", sa.BigInteger(), nullable=False),
         sa.Column("requests_sent", sa.Integer(), nullable=False),
         sa.Column("mapping_version", sa.Integer(), nullable=True),
         sa.Column("error", sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=True),
-        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "started_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column(
+            "finished_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=True
+        ),
         sa.ForeignKeyConstraint(
             ["integration_id"],
             ["hub_integrations.id"],
@@ -211,7 +233,9 @@ def upgrade() -> None:
         sa.Column("cron", sqlmodel.sql.sqltypes.AutoString(length=120), nullable=False),
         sa.Column("timezone", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("enabled", sa.Boolean(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "updated_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=False
+        ),
         sa.ForeignKeyConstraint(
             ["integration_id"],
             ["hub_integrations.id"],
@@ -232,9 +256,11 @@ def upgrade() -> None:
         sa.Column("target_reference", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
         sa.Column("idempotency_key", sqlmodel.sql.sqltypes.AutoString(length=80), nullable=True),
         sa.Column("attempt", sa.Integer(), nullable=False),
-        sa.Column("amount_ore", sa.Integer(), nullable=True),
+        sa.Column("amount_ore", sa.BigInteger(), nullable=True),
         sa.Column("summary", sa.JSON(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "created_at", integration_hub.models.types.UTCDateTime(timezone=True), nullable=False
+        ),
         sa.ForeignKeyConstraint(
             ["run_id"],
             ["hub_sync_runs.id"],

@@ -1,0 +1,116 @@
+"""Shared fixtures for the whole suite, one section per concern.
+
+Sections:
+    database  a throwaway PostgreSQL cluster per session, a fresh empty database per test on
+              SQLite and on PostgreSQL (``db_url``), and a migrated hub environment (``hub_env``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pgcluster import PostgresCluster, PostgresStartError, PostgresUnavailable
+
+from integration_hub import db, settings
+
+# =============================================================================================
+# database
+# =============================================================================================
+
+REQUIRE_POSTGRES_ENV = "INTEGRATIONS_REQUIRE_POSTGRES"
+"""Set to 1 (CI does) to turn a missing PostgreSQL into a failure instead of a skip."""
+
+HUB_ENV_UNSET = (
+    "INTEGRATIONS_APP_DATABASE_URL",
+    "INTEGRATIONS_VAULT_KEYS",
+    "INTEGRATIONS_VAULT_KEY_FILE",
+)
+"""Variables a developer's shell may carry that would point a test at real data or keys."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "postgresql: runs against the throwaway PostgreSQL cluster (deselect with "
+        "-m 'not postgresql')",
+    )  # fmt: skip
+
+
+def _postgres_required() -> bool:
+    return os.environ.get(REQUIRE_POSTGRES_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One cluster for the whole session; skipped where PostgreSQL is missing, unless required.
+
+    A cluster whose binaries exist but which fails to start is always an error: that is a broken
+    setup to fix, not a machine without PostgreSQL.
+    """
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+    except PostgresUnavailable as exc:
+        if _postgres_required():
+            pytest.fail(f"PostgreSQL is required ({REQUIRE_POSTGRES_ENV}=1) but unavailable: {exc}")
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    except PostgresStartError as exc:
+        pytest.fail(f"PostgreSQL did not start: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)],
+    ids=["sqlite", "postgresql"],
+)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL per test, once on SQLite and once on PostgreSQL.
+
+    The cluster is only started when a PostgreSQL case actually runs, so ``-k sqlite`` needs no
+    PostgreSQL at all. PostgreSQL databases are dropped afterwards to keep the cluster small.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/hub.db"
+        return
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    name = f"t_{uuid.uuid4().hex}"
+    url = cluster.create_database(name)
+    try:
+        yield url
+    finally:
+        db.dispose_engines()
+        cluster.drop_database(name)
+
+
+def _forget_cached_state() -> None:
+    """Settings and engines are cached per process; a test that changes the env resets both."""
+    settings.reset_settings()
+    db.dispose_engines()
+
+
+@pytest.fixture
+def hub_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point the hub at ``db_url`` (hub and app side) with ``var/`` in ``tmp_path``, migrated.
+
+    Yields the database URL. Vault keys and a separate app database are unset, so a test sees
+    only what it creates itself.
+    """
+    var_dir = tmp_path / "var"
+    var_dir.mkdir(exist_ok=True)
+    monkeypatch.setenv("INTEGRATIONS_DATABASE_URL", db_url)
+    monkeypatch.setenv("INTEGRATIONS_VAR_DIR", str(var_dir))
+    for name in HUB_ENV_UNSET:
+        monkeypatch.delenv(name, raising=False)
+    _forget_cached_state()
+    try:
+        db.upgrade("hub")
+        db.upgrade("app")
+        yield db_url
+    finally:
+        _forget_cached_state()
