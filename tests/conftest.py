@@ -1,6 +1,8 @@
 """Shared fixtures for the whole suite, one section per concern.
 
 Sections:
+    prefect   one Prefect test server per session (``prefect_harness``), state in a temp dir.
+    sandbox   one Xledger sandbox server per session, and a vault key per test.
     database  a throwaway PostgreSQL cluster per session, a fresh empty database per test on
               SQLite and on PostgreSQL (``db_url``), and a migrated hub environment (``hub_env``).
 """
@@ -8,9 +10,11 @@ Sections:
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pgcluster import PostgresCluster, PostgresStartError, PostgresUnavailable
@@ -114,3 +118,45 @@ def hub_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
         yield db_url
     finally:
         _forget_cached_state()
+
+
+# =============================================================================================
+# prefect
+# =============================================================================================
+# Prefect reads these when it is first imported: keep its state in a temp dir, no telemetry.
+_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="hub-prefect-"))
+os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[Path]:
+    """One Prefect test server for the whole session (starting one costs ~9 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield _PREFECT_HOME
+
+
+# =============================================================================================
+# sandbox and a configured integration
+# =============================================================================================
+@pytest.fixture(scope="session")
+def xledger_sandbox() -> Iterator[tuple[Any, Any]]:
+    """One Xledger sandbox server per session; tests register their own companies (tokens)."""
+    from integration_hub.sandbox.server import start_server
+    from integration_hub.sandbox.xledger import XledgerSandboxState, create_xledger_app
+
+    state = XledgerSandboxState()
+    with start_server(create_xledger_app(state)) as server:
+        yield state, server
+
+
+@pytest.fixture
+def vault_key(hub_env: str) -> Path:
+    from integration_hub.settings import get_settings
+    from integration_hub.vault import init_key_file
+
+    return init_key_file(get_settings().key_file)

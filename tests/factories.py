@@ -29,3 +29,63 @@ def claims_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame([{**defaults, **row} for row in rows]).astype(CLAIM_COLUMNS)
     frame["category_label"] = frame["category"].map(CATEGORY_LABELS).astype("string")
     return frame
+
+
+def seed_organisation(slug: str, claims: list[dict[str, Any]]) -> int:
+    """An organisation with one chapter, volunteers 1001..1003 (and one without a number) and
+    the given claims in the app database; returns the organisation id."""
+    from datetime import UTC, date, datetime
+
+    from integration_hub.db import app_session
+    from integration_hub.models import Chapter, ExpenseClaim, Organisation, Volunteer
+
+    with app_session() as session:
+        org = Organisation(slug=slug, name=slug.title(), org_number="999888777")
+        session.add(org)
+        session.flush()
+        chapter = Chapter(organisation_id=org.id or 0, code="OSL", name="Oslo",
+                          municipality_number="0301")
+        session.add(chapter)
+        session.flush()
+        volunteers = {}
+        for number in ("1001", "1002", "1003", None):
+            volunteer = Volunteer(organisation_id=org.id or 0, chapter_id=chapter.id or 0,
+                                  name=f"Frivillig {number or 'uten nummer'}",
+                                  employee_number=number)
+            session.add(volunteer)
+            session.flush()
+            volunteers[number] = volunteer.id
+        for claim in claims:
+            approved = claim.get("approved_at", datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+            session.add(ExpenseClaim(
+                organisation_id=org.id or 0,
+                chapter_id=chapter.id or 0,
+                volunteer_id=volunteers[claim.get("employee_number", "1001")],
+                category=claim.get("category", "travel"),
+                amount_ore=claim.get("amount_ore", 25_000),
+                expense_date=claim.get("expense_date", date(2026, 2, 27)),
+                status=claim.get("status", "approved"),
+                approved_at=approved if claim.get("status", "approved") == "approved" else None,
+                description=claim.get("description", "Tog til samling"),
+                version=claim.get("version", 1),
+            ))
+        return org.id or 0
+
+
+def configure_xledger(slug: str, url: str, token: str, *, toll_account: str = "7140",
+                      exclusions: tuple[str, ...] = ()) -> Any:
+    """Xledger for ``slug`` through the same service calls the setup wizard makes."""
+    from integration_hub.adapters.registry import feature_flag
+    from integration_hub.mappings.spec import load_template
+    from integration_hub.services import configuration as config
+
+    who = config.Actor("test")
+    org = config.organisation(slug)
+    config.set_feature_flag(org.id or 0, feature_flag("xledger"), True, config.OPERATOR)
+    row = config.integration(org, "xledger", who, create=True)
+    config.save_configuration(row, {"base_url": f"{url}/graphql", "api_token": token}, who)
+    mapping = load_template("xledger_expense_claims.yaml").model_dump(mode="json")
+    mapping["value_maps"]["expense_accounts"]["toll"] = toll_account
+    config.save_mapping(row, mapping, who, accept_warnings=True)
+    config.set_exclusions(row, list(exclusions), who)
+    return row

@@ -276,7 +276,8 @@ def _gl_input(row: Any) -> dict[str, Any]:
 
 
 def _present(value: Any) -> bool:
-    return value is not None and value == value and str(value) != "" and str(value) != "<NA>"
+    """A real value: pandas' missing markers (None, NA, NaN) are not strings."""
+    return isinstance(value, str) and value != ""
 
 
 def _record_results(lines: pd.DataFrame, body: dict[str, Any]) -> list[RecordResult]:

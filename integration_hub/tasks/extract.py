@@ -7,6 +7,7 @@ its category, or an earlier version already went out (changing a posted voucher 
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 from sqlalchemy import select
@@ -14,6 +15,9 @@ from sqlalchemy.engine import Engine
 
 from integration_hub.mappings.resolver import FAILURE_COLUMNS
 from integration_hub.models import Chapter, ClaimStatus, ExpenseClaim, Volunteer
+
+BOOKKEEPING_ZONE = ZoneInfo("Europe/Oslo")
+"""Dates (windows, posting dates) are Norwegian calendar days."""
 
 CATEGORY_LABELS = {
     "mileage": "Kjøregodtgjørelse",
@@ -75,10 +79,13 @@ def claims_query(organisation_id: int, since: date | None, until: date | None): 
         .order_by(claim.c.id)
     )
     if since is not None:
-        query = query.where(claim.c.approved_at >= datetime.combine(since, time.min))
+        query = query.where(
+            claim.c.approved_at >= datetime.combine(since, time.min, BOOKKEEPING_ZONE)
+        )
     if until is not None:
         query = query.where(
-            claim.c.approved_at < datetime.combine(until + timedelta(days=1), time.min)
+            claim.c.approved_at
+            < datetime.combine(until + timedelta(days=1), time.min, BOOKKEEPING_ZONE)
         )
     return query
 
@@ -92,7 +99,7 @@ def extract_claims(
             claims_query(organisation_id, since, until), connection, coerce_float=False
         )
     approved = pd.to_datetime(frame.pop("approved_at"), utc=True, format="mixed")
-    frame["approved_date"] = approved.dt.tz_convert("Europe/Oslo").dt.strftime("%Y-%m-%d")
+    frame["approved_date"] = approved.dt.tz_convert(BOOKKEEPING_ZONE).dt.strftime("%Y-%m-%d")
     frame["expense_date"] = pd.to_datetime(frame["expense_date"]).dt.strftime("%Y-%m-%d")
     frame["distance_km"] = frame["distance_km"].map(
         lambda v: None if v is None or v != v else str(v)

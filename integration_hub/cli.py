@@ -1,0 +1,570 @@
+"""``integrations``: the command line for operators and data engineers.
+
+Heavy modules (prefect, pandas) are imported inside commands so ``--help`` stays instant.
+Secrets are read from the environment, stdin or hidden prompts, never from arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    help="Integration Hub: export volunteer-app data to Xledger, Business Central and Bufdir.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The hub database.", no_args_is_help=True)
+vault_app = typer.Typer(help="The credential vault's keys.", no_args_is_help=True)
+sandbox_app = typer.Typer(help="Local stand-ins for the target systems.", no_args_is_help=True)
+credentials_app = typer.Typer(help="Stored credentials (masked).", no_args_is_help=True)
+mappings_app = typer.Typer(help="Field mappings.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(vault_app, name="vault")
+app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(credentials_app, name="credentials")
+app.add_typer(mappings_app, name="mappings")
+
+F = TypeVar("F", bound=Callable[..., Any])
+CLI_ACTOR_NAME = "cli:" + (os.environ.get("USER") or "operator")
+
+
+def echo_err(message: str) -> None:
+    typer.secho(message, err=True, fg=typer.colors.RED)
+
+
+def friendly_errors(command: F) -> F:
+    """Known problems become one clear message and exit code 2; nothing prints a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from integration_hub.adapters.factory import IntegrationNotConfigured
+        from integration_hub.mappings.spec import MappingError
+        from integration_hub.services.errors import InvalidInput, ServiceError
+        from integration_hub.vault import VaultError
+
+        try:
+            return command(*args, **kwargs)
+        except InvalidInput as exc:
+            echo_err(f"Error: {exc}")
+            for problem in exc.problems:
+                if problem != str(exc):
+                    echo_err(f"  - {problem}")
+            raise typer.Exit(2) from None
+        except MappingError as exc:
+            echo_err("Error: the mapping cannot be used:")
+            for problem in exc.problems:
+                echo_err(f"  - {problem}")
+            raise typer.Exit(2) from None
+        except (ServiceError, VaultError, IntegrationNotConfigured) as exc:
+            echo_err(f"Error: {exc}")
+            raise typer.Exit(2) from None
+        except Exception as exc:
+            message = _database_hint(exc)
+            if message is None:
+                raise
+            echo_err(f"Error: {message}")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _database_hint(exc: Exception) -> str | None:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    if isinstance(exc, OperationalError | ProgrammingError):
+        text = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
+        if "no such table" in text or "does not exist" in text:
+            return "the database is not set up; run `integrations db upgrade`"
+        return f"the database cannot be used: {text.splitlines()[0]}"
+    return None
+
+
+def actor() -> Any:
+    from integration_hub.services.configuration import Actor
+
+    return Actor(CLI_ACTOR_NAME)
+
+
+def _integration(org_slug: str, type_key: str, create: bool = False) -> Any:
+    from integration_hub.services import configuration as config
+
+    org = config.organisation(org_slug, actor())
+    return config.integration(org, type_key, actor(), create=create)
+
+
+# -- database and organisations ---------------------------------------------------------------
+@db_app.command("upgrade")
+@friendly_errors
+def db_upgrade() -> None:
+    """Create or migrate the hub schema (and the app schema when it is the same database)."""
+    from integration_hub.db import upgrade
+    from integration_hub.settings import get_settings
+
+    settings = get_settings()
+    typer.echo(f"hub database: {upgrade('hub')} is at the newest schema")
+    if settings.app_url == settings.hub_url:
+        upgrade("app")
+        typer.echo("volunteer-app tables (demo/local use) are at the newest schema")
+
+
+@app.command("orgs")
+@friendly_errors
+def orgs() -> None:
+    """List organisations and the integration types each is offered."""
+    from integration_hub.services import configuration as config
+
+    for org in config.list_organisations(actor()):
+        offered = ", ".join(t.key for t in config.available_types(org)) or "none"
+        typer.echo(f"{org.slug:<20} {org.name:<40} offered: {offered}")
+
+
+@app.command("types")
+@friendly_errors
+def types(org: str) -> None:
+    """Integration types ORG's feature flags offer, and whether each is set up."""
+    from integration_hub.services import configuration as config
+    from integration_hub.services.errors import NotFound
+
+    organisation = config.organisation(org, actor())
+    offered = config.available_types(organisation)
+    if not offered:
+        typer.echo(f"{organisation.name} is offered no integration types")
+    for adapter_type in offered:
+        try:
+            row = config.integration(organisation, adapter_type.key, actor())
+            state = row.status
+        except NotFound:
+            state = "not set up"
+        typer.echo(f"{adapter_type.key:<12} {adapter_type.display_name:<35} {state}")
+
+
+# -- setup -------------------------------------------------------------------------------------
+ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def _resolve_secret(name: str, value: Any) -> str:
+    text = "" if value is None else str(value)
+    match = ENV_REFERENCE.match(text.strip())
+    if match:
+        variable = match.group(1)
+        if variable not in os.environ:
+            raise typer.BadParameter(
+                f"credentials.{name} refers to ${{{variable}}}, which is not set"
+            )
+        return os.environ[variable]
+    if text == "-":
+        return sys.stdin.readline().rstrip("\n")
+    return text
+
+
+@app.command("setup")
+@friendly_errors
+def setup(
+    org: str,
+    type_key: Annotated[str, typer.Argument(metavar="TYPE")],
+    from_file: Annotated[
+        Path | None, typer.Option("--from-file", help="Answer the wizard from a YAML file.")
+    ] = None,
+) -> None:
+    """The setup wizard: credentials, connection test, mapping, schedule, exclusions."""
+    import yaml
+
+    from integration_hub.services.errors import InvalidInput
+
+    if from_file is not None:
+        try:
+            answers = yaml.safe_load(from_file.read_text("utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InvalidInput(f"cannot read {from_file}: {exc}") from None
+        if not isinstance(answers, dict):
+            raise InvalidInput(f"{from_file} must be a YAML mapping")
+        summary = setup_from_answers(org, type_key, answers, base_dir=from_file.parent)
+    else:
+        summary = setup_interactive(org, type_key)
+    typer.echo("")
+    for line in summary:
+        typer.echo(line)
+
+
+def setup_from_answers(
+    org: str, type_key: str, answers: dict[str, Any], base_dir: Path = Path(".")
+) -> list[str]:
+    """The wizard's steps without prompts (also what the demo uses)."""
+    from integration_hub.adapters.registry import get_type
+    from integration_hub.mappings.spec import load_mapping_file, load_template
+    from integration_hub.models import IntegrationStatus
+    from integration_hub.services import configuration as config
+    from integration_hub.services.errors import InvalidInput, WarningsNotAcknowledged
+
+    who = actor()
+    row = _integration(org, type_key, create=True)
+    adapter_type = get_type(type_key)
+    model = adapter_type.config_model
+    credentials = answers.get("credentials") or {}
+    if not isinstance(credentials, dict):
+        raise InvalidInput("credentials must be a mapping of field: value")
+    values = {name: _resolve_secret(name, value) for name, value in credentials.items()}
+    for name in model.setting_fields():
+        if name in answers and answers[name] is not None:
+            values[name] = str(answers[name])
+    config.save_configuration(row, values, who)
+    lines = [f"{adapter_type.display_name} for {org}: credentials saved (shown masked)"]
+    for field in config.credential_form(row, who):
+        lines.append(f"  {field['name']}: {field['value']}")
+
+    result = config.test_connection(row, who)
+    lines.append(f"connection test: {result.status} in {result.elapsed_ms} ms: {result.detail}")
+
+    mapping_answer = answers.get("mapping", "default")
+    if mapping_answer in (None, "default"):
+        document = load_template(adapter_type.default_mapping or "")
+    else:
+        path = Path(str(mapping_answer))
+        document = load_mapping_file(path if path.is_absolute() else base_dir / path)
+    accept = bool(answers.get("accept_warnings", False))
+    try:
+        version, problems = config.save_mapping(row, document, who, accept_warnings=accept)
+    except WarningsNotAcknowledged as exc:
+        raise InvalidInput(
+            "the mapping was not saved: confirm the warnings with accept_warnings: true",
+            exc.warnings,
+        ) from None
+    lines.append(f"field mapping saved as version {version}")
+    lines += [f"  {p}" for p in problems]
+
+    schedule = answers.get("schedule")
+    if schedule:
+        if not isinstance(schedule, dict):
+            raise InvalidInput("schedule must be {daily: 'HH:MM'} or {cron: '...'}")
+        cron = schedule.get("cron") or config.parse_daily(str(schedule.get("daily", "")))
+        timezone = str(schedule.get("timezone", "Europe/Oslo"))
+        config.set_schedule(row, cron, timezone, bool(schedule.get("enabled", True)), who)
+        lines.append(f"schedule: {cron} ({timezone})")
+    exclusions = answers.get("exclusions") or []
+    config.set_exclusions(row, [str(e) for e in exclusions], who)
+    lines.append(f"excluded categories: {', '.join(exclusions) or 'none'}")
+    config.set_status(row, IntegrationStatus.ACTIVE, who)
+    lines.append("status: active")
+    return lines
+
+
+def setup_interactive(org: str, type_key: str) -> list[str]:
+    """Prompt for each step; secrets are typed hidden and never echoed."""
+    from integration_hub.adapters.registry import get_type
+    from integration_hub.mappings.spec import load_mapping_file
+    from integration_hub.services import configuration as config
+
+    who = actor()
+    row = _integration(org, type_key, create=True)
+    adapter_type = get_type(type_key)
+    typer.secho(f"Set up {adapter_type.display_name} for {org}", bold=True)
+    typer.echo("Step 1/5 credentials (press Enter to keep a stored value)")
+    values: dict[str, str] = {}
+    for field in config.credential_form(row, who):
+        shown = f" [{field['value']}]" if field["value"] else ""
+        values[field["name"]] = typer.prompt(
+            f"  {field['name']}{shown}",
+            default="",
+            show_default=False,
+            hide_input=field["secret"],
+        )
+    config.save_configuration(row, {k: v for k, v in values.items() if v}, who)
+    typer.echo("Step 2/5 connection test ...")
+    result = config.test_connection(row, who)
+    typer.echo(f"  {result.status} in {result.elapsed_ms} ms: {result.detail}")
+    typer.echo("Step 3/5 field mapping")
+    _, document = config.current_mapping(row)
+    path = typer.prompt(
+        "  mapping file (Enter for the current/default one)", default="", show_default=False
+    )
+    if path:
+        document = load_mapping_file(Path(path))
+    problems = config.check_mapping(row, document, who)
+    for problem in problems:
+        typer.secho(f"  {problem}", fg=typer.colors.YELLOW)
+    accept = not problems or typer.confirm("  save the mapping despite these warnings?")
+    if accept:
+        version, _ = config.save_mapping(row, document, who, accept_warnings=True)
+        typer.echo(f"  saved as version {version}")
+    typer.echo("Step 4/5 schedule")
+    daily = typer.prompt("  run daily at (HH:MM, Enter for none)", default="", show_default=False)
+    if daily:
+        timezone = typer.prompt("  time zone", default="Europe/Oslo")
+        config.set_schedule(row, config.parse_daily(daily), timezone, True, who)
+    typer.echo("Step 5/5 excluded categories")
+    choices = config.exclusion_choices(row)
+    current = ",".join(config.list_exclusions(row))
+    answer = typer.prompt(f"  comma-separated, from {', '.join(choices)}", default=current)
+    config.set_exclusions(row, [c.strip() for c in answer.split(",") if c.strip()], who)
+    return [
+        f"{adapter_type.display_name} for {org} is configured; run "
+        f"`integrations sync {org} {type_key}` to export now."
+    ]
+
+
+# -- credentials, connection, mappings, exclusions -----------------------------------------------
+@credentials_app.command("show")
+@friendly_errors
+def credentials_show(org: str, type_key: Annotated[str, typer.Argument(metavar="TYPE")]) -> None:
+    """Settings and masked secrets; plaintext is never shown."""
+    from integration_hub.services import configuration as config
+
+    for field in config.credential_form(_integration(org, type_key), actor()):
+        kind = "secret " if field["secret"] else "setting"
+        typer.echo(f"{kind}  {field['name']:<16} {field['value'] or '(not set)'}")
+
+
+@app.command("test-connection")
+@friendly_errors
+def test_connection(org: str, type_key: Annotated[str, typer.Argument(metavar="TYPE")]) -> None:
+    """Check the stored credentials against the target (answers within 10 seconds)."""
+    from integration_hub.services import configuration as config
+
+    result = config.test_connection(_integration(org, type_key), actor())
+    colour = typer.colors.GREEN if result.ok else typer.colors.RED
+    typer.secho(f"{result.status}: {result.detail} ({result.elapsed_ms} ms)", fg=colour)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@mappings_app.command("validate")
+@friendly_errors
+def mappings_validate(
+    org: str,
+    type_key: Annotated[str, typer.Argument(metavar="TYPE")],
+    file: Annotated[Path | None, typer.Option("--file", help="A mapping YAML to check.")] = None,
+) -> None:
+    """Check the saved mapping (or FILE) against the target's live codes."""
+    from integration_hub.mappings.spec import load_mapping_file
+    from integration_hub.mappings.validator import has_errors
+    from integration_hub.services import configuration as config
+
+    row = _integration(org, type_key)
+    if file is not None:
+        document, version = load_mapping_file(file), None
+    else:
+        version, document = config.current_mapping(row)
+    problems = config.check_mapping(row, document, actor())
+    label = str(file) if file else (f"version {version}" if version else "the default template")
+    if not problems:
+        typer.secho(f"{label}: no problems", fg=typer.colors.GREEN)
+    for problem in problems:
+        colour = typer.colors.RED if problem.severity == "error" else typer.colors.YELLOW
+        typer.secho(str(problem), fg=colour)
+    raise typer.Exit(1 if has_errors(problems) else 0)
+
+
+@mappings_app.command("show")
+@friendly_errors
+def mappings_show(org: str, type_key: Annotated[str, typer.Argument(metavar="TYPE")]) -> None:
+    """Print the saved mapping as YAML."""
+    import yaml
+
+    from integration_hub.services import configuration as config
+
+    version, document = config.current_mapping(_integration(org, type_key))
+    typer.echo(f"# version {version or 'template (not saved)'}")
+    typer.echo(
+        yaml.safe_dump(
+            document.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True
+        )
+    )
+
+
+@app.command("exclusions")
+@friendly_errors
+def exclusions(
+    org: str,
+    type_key: Annotated[str, typer.Argument(metavar="TYPE")],
+    action: Annotated[str | None, typer.Argument(help="add or remove")] = None,
+    category: Annotated[str | None, typer.Argument()] = None,
+) -> None:
+    """Show, add or remove excluded data categories."""
+    from integration_hub.services import configuration as config
+    from integration_hub.services.errors import InvalidInput
+
+    row = _integration(org, type_key)
+    current = config.list_exclusions(row)
+    if action is not None:
+        if action not in ("add", "remove") or not category:
+            raise InvalidInput("use: integrations exclusions ORG TYPE add|remove CATEGORY")
+        wanted = set(current) | {category} if action == "add" else set(current) - {category}
+        current = config.set_exclusions(row, sorted(wanted), actor())
+    typer.echo(f"excluded: {', '.join(current) or 'none'}")
+    typer.echo(f"choices:  {', '.join(config.exclusion_choices(row))}")
+
+
+# -- exports -----------------------------------------------------------------------------------
+def print_summary(summary: dict[str, Any]) -> None:
+    from integration_hub.money import format_nok
+
+    title = "Dry run" if summary.get("dry_run") else "Export"
+    typer.secho(
+        f"{title} to {summary.get('target', '')}: run {summary['run_id']} {summary['status']}",
+        bold=True,
+    )
+    if summary.get("would_export") is not None:
+        typer.echo(f"  would export {summary['would_export']} records; nothing was sent")
+        for line in summary.get("preview", []):
+            typer.echo(
+                f"    {line['document']:<12} {line['account']:<6} "
+                f"{line['amount']:>12} {line['date']} {line['text'][:60]}"
+            )
+    typer.echo(
+        f"  extracted {summary['extracted']}, exported {summary['exported']} "
+        f"({format_nok(summary['exported_amount_ore'])}), failed {summary['failed']}, "
+        f"skipped {summary['skipped']}, requests {summary['requests_sent']}"
+    )
+    if summary.get("error"):
+        typer.secho(f"  stopped: {summary['error']}", fg=typer.colors.RED)
+    for failure in summary.get("failures", []):
+        who = failure.get("volunteer_name") or ""
+        what = failure.get("category") or ""
+        amount = format_nok(failure["amount_ore"]) if failure.get("amount_ore") else ""
+        typer.secho(
+            f"  failed  claim {failure['record_id']} ({what}, {amount}, {who}), attempt "
+            f"{failure['attempt']}: {failure['reason']}",
+            fg=typer.colors.YELLOW,
+        )
+    for reason, count in summary.get("skipped_reasons", {}).items():
+        typer.echo(f"  skipped {count} x {reason}")
+
+
+@app.command("sync")
+@friendly_errors
+def sync(
+    org: str,
+    type_key: Annotated[str, typer.Argument(metavar="TYPE")],
+    since: Annotated[str | None, typer.Option(help="First approval date, YYYY-MM-DD")] = None,
+    until: Annotated[str | None, typer.Option(help="Last approval date, YYYY-MM-DD")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, send nothing.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Export now. Exit 0 when every record exported or skipped, 1 when some failed."""
+    from integration_hub.prefect_env import configure_prefect
+    from integration_hub.services.sync import run_export
+
+    configure_prefect(verbose=verbose)
+    summary = run_export(
+        org,
+        type_key,
+        actor(),
+        since=_date(since, "--since"),
+        until=_date(until, "--until"),
+        dry_run=dry_run,
+    )
+    print_summary(summary)
+    raise typer.Exit(0 if summary["status"] == "succeeded" else 1)
+
+
+def _date(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{option} {value!r} is not a date like 2026-01-31") from None
+
+
+@app.command("runs")
+@friendly_errors
+def runs(
+    org: str,
+    type_key: Annotated[str, typer.Argument(metavar="TYPE")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
+) -> None:
+    """The export history: every run with its counts and totals."""
+    from integration_hub.money import format_nok
+    from integration_hub.services.history import list_runs
+
+    history = list_runs(_integration(org, type_key), actor(), limit=limit)
+    if as_json:
+        typer.echo(json.dumps(history, indent=2, default=str))
+        return
+    if not history:
+        typer.echo("no runs yet")
+    for run in history:
+        duration = f"{run['duration_s']:.1f}s" if run["duration_s"] is not None else "-"
+        window = " .. ".join(w or "" for w in run["window"]) if any(run["window"]) else "all"
+        typer.echo(
+            f"#{run['run_id']:<5} {run['started_at'][:19]} {run['trigger']:<9} {run['status']:<10}"
+            f" window {window:<10} exported {run['exported']:>6} failed {run['failed']:>4} "
+            f"skipped {run['skipped']:>4} {format_nok(run['exported_amount_ore']):>16} "
+            f"requests {run['requests_sent']:>4} {duration}"
+            + (" (dry run)" if run["dry_run"] else "")
+        )
+
+
+# -- vault, sandbox, demo ----------------------------------------------------------------------
+@vault_app.command("init")
+@friendly_errors
+def vault_init() -> None:
+    """Write a new vault key file (mode 0600). Refuses to overwrite one."""
+    from integration_hub.settings import get_settings
+    from integration_hub.vault import init_key_file
+
+    path = init_key_file(get_settings().key_file)
+    typer.echo(f"wrote a new vault key to {path} (mode 0600); back it up somewhere safe")
+
+
+@vault_app.command("rotate")
+@friendly_errors
+def vault_rotate(
+    new_key: Annotated[
+        bool, typer.Option("--new-key/--no-new-key", help="Add a key version first.")
+    ] = True,
+) -> None:
+    """Re-encrypt every credential under a new primary key. Safe to re-run."""
+    from integration_hub.settings import get_settings
+    from integration_hub.vault import rotate_key_file
+
+    report = rotate_key_file(get_settings(), new_key=new_key)
+    typer.echo(str(report))
+
+
+@sandbox_app.command("serve")
+def sandbox_serve(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8085,
+    token: Annotated[
+        str | None, typer.Option(help="Env var holding a token to register.", metavar="ENV")
+    ] = None,
+) -> None:
+    """Serve the Xledger sandbox on 127.0.0.1 until Ctrl-C."""
+    from integration_hub.sandbox.server import serve_forever
+    from integration_hub.sandbox.xledger import XledgerSandboxState, create_xledger_app
+
+    state = XledgerSandboxState()
+    if token:
+        value = os.environ.get(token)
+        if not value:
+            echo_err(f"Error: ${token} is not set")
+            raise typer.Exit(2)
+        state.add_company(value)
+    typer.echo(f"Xledger sandbox on http://127.0.0.1:{port}/graphql (control: /_sandbox)")
+    serve_forever(create_xledger_app(state), "127.0.0.1", port)
+
+
+@app.command("demo")
+@friendly_errors
+def demo(
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Seed two organisations, start the sandbox, set up Xledger and export. Safe to re-run."""
+    from integration_hub.demo import run_demo
+
+    run_demo(verbose=verbose)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

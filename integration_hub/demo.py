@@ -1,0 +1,291 @@
+"""``integrations demo``: the whole path on embedded defaults, in one command.
+
+Seeds two organisations into the (SQLite) app database, starts the Xledger sandbox on a free
+port, configures Xledger for ``blindeforbundet`` through the same service calls the wizard
+uses, tests the connection and runs the export flow. A few claims fail for real reasons.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import typer
+from sqlmodel import select
+
+from integration_hub.db import app_session, upgrade
+from integration_hub.models import (
+    Activity,
+    ActivityStatus,
+    Chapter,
+    ClaimStatus,
+    ExpenseClaim,
+    Organisation,
+    Volunteer,
+)
+from integration_hub.money import mileage_ore
+from integration_hub.settings import get_settings
+
+ORGANISATIONS = {
+    "blindeforbundet": {
+        "name": "Norges Blindeforbund",
+        "org_number": "970123456",
+        "flags": ["xledger", "bufdir"],
+    },
+    "hlf": {
+        "name": "Hørselshemmedes Landsforbund",
+        "org_number": "970654321",
+        "flags": ["dynamics", "bufdir"],
+    },
+}
+CHAPTERS = [
+    ("OSL", "Oslo", "0301"),
+    ("BGO", "Bergen", "4601"),
+    ("TRD", "Trondheim", "5001"),
+    ("SVG", "Stavanger", "1103"),
+    ("TOS", "Tromsø", "5501"),
+]
+FIRST = ["Kari", "Ola", "Ingrid", "Per", "Sigrid", "Lars", "Astrid", "Nils", "Ragnhild", "Odd"]
+LAST = ["Nordmann", "Hansen", "Johansen", "Olsen", "Larsen", "Berg", "Haugen", "Dahl"]
+MILEAGE_RATE_ORE = 350  # kr 3,50 per km
+CLAIMS_PER_ORG = 300
+DEMO_MAPPING_OVERRIDE = {"toll": "7145"}  # an account Xledger's chart does not have
+CLOSED_BEFORE = date(2024, 1, 1)
+
+
+def seed(rng: random.Random, today: date) -> dict[str, int]:
+    """Create the demo organisations once; returns organisation ids by slug."""
+    ids: dict[str, int] = {}
+    with app_session() as session:
+        for slug, facts in ORGANISATIONS.items():
+            org = session.exec(select(Organisation).where(Organisation.slug == slug)).first()
+            if org is not None:
+                ids[slug] = org.id or 0
+                continue
+            org = Organisation(slug=slug, name=facts["name"], org_number=facts["org_number"])
+            session.add(org)
+            session.flush()
+            ids[slug] = org.id or 0
+            _seed_organisation(session, org, rng, today)
+    return ids
+
+
+def _seed_organisation(session: Any, org: Organisation, rng: random.Random, today: date) -> None:
+    chapters = []
+    for code, name, municipality in CHAPTERS:
+        chapter = Chapter(
+            organisation_id=org.id or 0,
+            code=code,
+            name=f"{name} lokallag",
+            municipality_number=municipality,
+        )
+        session.add(chapter)
+        chapters.append(chapter)
+    session.flush()
+    volunteers = []
+    for number in range(40):
+        chapter = chapters[number % len(chapters)]
+        name = f"{FIRST[number % len(FIRST)]} {LAST[(number * 3) % len(LAST)]}"
+        volunteer = Volunteer(
+            organisation_id=org.id or 0,
+            chapter_id=chapter.id or 0,
+            name=name,
+            email=f"{name.lower().replace(' ', '.')}@example.org",
+            # One volunteer was never given an employee number: a real reason to fail.
+            employee_number=None if number == 39 else f"{1001 + number}",
+        )
+        session.add(volunteer)
+        volunteers.append(volunteer)
+    session.flush()
+    categories = ["mileage", "travel", "meals", "materials", "parking", "mileage", "travel"]
+    statuses = [ClaimStatus.APPROVED] * 8 + [
+        ClaimStatus.SUBMITTED,
+        ClaimStatus.DRAFT,
+        ClaimStatus.REJECTED,
+    ]
+    for number in range(CLAIMS_PER_ORG):
+        volunteer = volunteers[number % 39]
+        category = categories[number % len(categories)]
+        expense_date = today - timedelta(days=rng.randint(5, 60))
+        status = statuses[number % len(statuses)]
+        claim = _claim(org, volunteer, category, expense_date, status, rng)
+        session.add(claim)
+    # Claims that fail for reasons a person can act on.
+    for _ in range(3):  # toll: the demo mapping points at an account Xledger lacks
+        session.add(
+            _claim(org, volunteers[1], "toll", today - timedelta(days=9), ClaimStatus.APPROVED, rng)
+        )
+    session.add(
+        _claim(org, volunteers[39], "travel", today - timedelta(days=12), ClaimStatus.APPROVED, rng)
+    )  # no employee number
+    closed = _claim(org, volunteers[2], "meals", date(2023, 12, 10), ClaimStatus.APPROVED, rng)
+    closed.approved_at = datetime(2023, 12, 15, 10, 0, tzinfo=UTC)  # a closed period
+    session.add(closed)
+    for number in range(120):
+        chapter = chapters[number % len(chapters)]
+        participants = rng.randint(3, 40)
+        session.add(
+            Activity(
+                organisation_id=org.id or 0,
+                chapter_id=chapter.id or 0,
+                activity_type=rng.choice(["møte", "kurs", "tur", "likepersonsarbeid"]),
+                activity_date=today - timedelta(days=rng.randint(1, 200)),
+                duration_minutes=rng.choice([60, 90, 120, 180, 240]),
+                participants=None if number % 17 == 0 else participants,
+                participants_under_26=None if number % 17 == 0 else rng.randint(0, participants),
+                volunteer_count=rng.randint(1, 5),
+                municipality_number=chapter.municipality_number,
+                status=ActivityStatus.DRAFT if number % 11 == 0 else ActivityStatus.COMPLETED,
+            )
+        )
+
+
+def _claim(
+    org: Organisation,
+    volunteer: Volunteer,
+    category: str,
+    expense_date: date,
+    status: ClaimStatus,
+    rng: random.Random,
+) -> ExpenseClaim:
+    distance = None
+    rate = None
+    if category == "mileage":
+        tenths = rng.randint(50, 3000)
+        distance = Decimal(tenths) / 10
+        rate = MILEAGE_RATE_ORE
+        amount = mileage_ore(tenths, rate)
+    else:
+        amount = rng.randint(2000, 150000)
+    approved_at = None
+    if status == ClaimStatus.APPROVED:
+        approved_at = datetime.combine(
+            expense_date + timedelta(days=3), datetime.min.time(), tzinfo=UTC
+        ) + timedelta(hours=rng.randint(8, 16))
+    descriptions = {
+        "mileage": "Kjøring til medlemsmøte",
+        "travel": "Tog til regionsamling",
+        "meals": "Servering på likepersonsmøte",
+        "materials": "Materiell til kurs",
+        "parking": "Parkering ved kurssted",
+        "toll": "Bompenger til regionsmøte",
+    }
+    return ExpenseClaim(
+        organisation_id=org.id or 0,
+        chapter_id=volunteer.chapter_id,
+        volunteer_id=volunteer.id or 0,
+        category=category,
+        amount_ore=amount,
+        distance_km=distance,
+        rate_ore_per_km=rate,
+        expense_date=expense_date,
+        status=status.value,
+        approved_at=approved_at,
+        description=descriptions[category],
+    )
+
+
+def _employees(organisation_id: int) -> list[dict[str, Any]]:
+    with app_session() as session:
+        volunteers = session.exec(
+            select(Volunteer).where(Volunteer.organisation_id == organisation_id)
+        ).all()
+    return [
+        {
+            "dbId": 5000 + (v.id or 0),
+            "code": v.employee_number,
+            "description": v.name,
+            "email": v.email,
+        }
+        for v in volunteers
+        if v.employee_number
+    ]
+
+
+def run_demo(*, verbose: bool = False) -> dict[str, Any]:
+    from integration_hub.prefect_env import configure_prefect
+
+    configure_prefect(verbose=verbose)
+    settings = get_settings()
+    from integration_hub.vault import init_key_file
+
+    if not settings.vault_keys and not settings.key_file.exists():
+        init_key_file(settings.key_file)
+        typer.echo(f"created a vault key at {settings.key_file}")
+    upgrade("hub")
+    upgrade("app")
+    ids = seed(random.Random(20261124), date.today())
+    _feature_flags(ids)
+    typer.echo(
+        f"volunteer app: {', '.join(ORGANISATIONS)} with chapters, volunteers and "
+        f"{CLAIMS_PER_ORG}+ expense claims each"
+    )
+
+    from integration_hub.cli import print_summary, setup_from_answers
+    from integration_hub.mappings.spec import load_template
+    from integration_hub.sandbox.server import start_server
+    from integration_hub.sandbox.xledger import XledgerSandboxState, create_xledger_app
+
+    token = secrets.token_hex(20)
+    state = XledgerSandboxState()
+    state.add_company(
+        token, employees=_employees(ids["blindeforbundet"]), closed_before=CLOSED_BEFORE
+    )
+    with start_server(create_xledger_app(state)) as server:
+        typer.echo(f"Xledger sandbox listening on {server.url}/graphql")
+        template = load_template("xledger_expense_claims.yaml").model_dump(mode="json")
+        template["value_maps"]["expense_accounts"].update(DEMO_MAPPING_OVERRIDE)
+        mapping_file = settings.var_dir / "demo-xledger-mapping.yaml"
+        import yaml
+
+        mapping_file.write_text(yaml.safe_dump(template, sort_keys=False, allow_unicode=True))
+        lines = setup_from_answers(
+            "blindeforbundet",
+            "xledger",
+            {
+                "base_url": f"{server.url}/graphql",
+                "credentials": {"api_token": token},
+                "mapping": str(mapping_file),
+                "schedule": {"daily": "02:00", "timezone": "Europe/Oslo"},
+                "exclusions": ["parking"],
+                "accept_warnings": True,
+            },
+        )
+        typer.secho("\nSetup wizard (blindeforbundet, Xledger)", bold=True)
+        for line in lines:
+            typer.echo(f"  {line}")
+        from integration_hub.services.configuration import Actor
+        from integration_hub.services.sync import run_export
+
+        typer.secho("\nRunning the export flow ...", bold=True)
+        summary = run_export("blindeforbundet", "xledger", Actor("demo"), trigger="manual")
+        typer.echo("")
+        print_summary(summary)
+        company = state.company(token)
+        typer.echo(
+            f"\nthe Xledger sandbox now holds {len(company.ledger)} GL import lines "
+            f"from {company.mutations} addGLImportItems request(s)"
+        )
+    typer.secho("\nWhat to try next", bold=True)
+    for hint in (
+        "integrations runs blindeforbundet xledger        # the export history",
+        "integrations credentials show blindeforbundet xledger   # masked, never plaintext",
+        "integrations mappings show blindeforbundet xledger      # toll -> 7145 fails",
+        "integrations demo                                # again: nothing is posted twice",
+    ):
+        typer.echo(f"  {hint}")
+    return summary
+
+
+def _feature_flags(ids: dict[str, int]) -> None:
+    from integration_hub.adapters.registry import feature_flag
+    from integration_hub.services.configuration import OPERATOR, enabled_flags, set_feature_flag
+
+    for slug, facts in ORGANISATIONS.items():
+        present = enabled_flags(ids[slug])
+        for key in facts["flags"]:
+            if feature_flag(key) not in present:
+                set_feature_flag(ids[slug], feature_flag(key), True, OPERATOR)
