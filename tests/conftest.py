@@ -133,11 +133,14 @@ os.environ.pop("PREFECT_API_URL", None)
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[Path]:
-    """One Prefect test server for the whole session (starting one costs ~9 s)."""
+    """One Prefect test server for the whole session (starting one costs ~9 s); yields the
+    directory that holds its database, so tests can inspect what Prefect stored."""
+    import prefect.settings
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=60):
-        yield _PREFECT_HOME
+        url = prefect.settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+        yield Path(str(url).split(":///", 1)[1]).parent
 
 
 # =============================================================================================

@@ -43,37 +43,44 @@ def seed_organisation(slug: str, claims: list[dict[str, Any]]) -> int:
         org = Organisation(slug=slug, name=slug.title(), org_number="999888777")
         session.add(org)
         session.flush()
-        chapter = Chapter(organisation_id=org.id or 0, code="OSL", name="Oslo",
-                          municipality_number="0301")
+        chapter = Chapter(
+            organisation_id=org.id or 0, code="OSL", name="Oslo", municipality_number="0301"
+        )
         session.add(chapter)
         session.flush()
         volunteers = {}
         for number in ("1001", "1002", "1003", None):
-            volunteer = Volunteer(organisation_id=org.id or 0, chapter_id=chapter.id or 0,
-                                  name=f"Frivillig {number or 'uten nummer'}",
-                                  employee_number=number)
+            volunteer = Volunteer(
+                organisation_id=org.id or 0,
+                chapter_id=chapter.id or 0,
+                name=f"Frivillig {number or 'uten nummer'}",
+                employee_number=number,
+            )
             session.add(volunteer)
             session.flush()
             volunteers[number] = volunteer.id
         for claim in claims:
             approved = claim.get("approved_at", datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
-            session.add(ExpenseClaim(
-                organisation_id=org.id or 0,
-                chapter_id=chapter.id or 0,
-                volunteer_id=volunteers[claim.get("employee_number", "1001")],
-                category=claim.get("category", "travel"),
-                amount_ore=claim.get("amount_ore", 25_000),
-                expense_date=claim.get("expense_date", date(2026, 2, 27)),
-                status=claim.get("status", "approved"),
-                approved_at=approved if claim.get("status", "approved") == "approved" else None,
-                description=claim.get("description", "Tog til samling"),
-                version=claim.get("version", 1),
-            ))
+            session.add(
+                ExpenseClaim(
+                    organisation_id=org.id or 0,
+                    chapter_id=chapter.id or 0,
+                    volunteer_id=volunteers[claim.get("employee_number", "1001")],
+                    category=claim.get("category", "travel"),
+                    amount_ore=claim.get("amount_ore", 25_000),
+                    expense_date=claim.get("expense_date", date(2026, 2, 27)),
+                    status=claim.get("status", "approved"),
+                    approved_at=approved if claim.get("status", "approved") == "approved" else None,
+                    description=claim.get("description", "Tog til samling"),
+                    version=claim.get("version", 1),
+                )
+            )
         return org.id or 0
 
 
-def configure_xledger(slug: str, url: str, token: str, *, toll_account: str = "7140",
-                      exclusions: tuple[str, ...] = ()) -> Any:
+def configure_xledger(
+    slug: str, url: str, token: str, *, toll_account: str = "7140", exclusions: tuple[str, ...] = ()
+) -> Any:
     """Xledger for ``slug`` through the same service calls the setup wizard makes."""
     from integration_hub.adapters.registry import feature_flag
     from integration_hub.mappings.spec import load_template

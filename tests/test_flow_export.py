@@ -27,15 +27,18 @@ CLAIMS = [
 
 
 @pytest.fixture
-def configured(prefect_harness: Any, hub_env: str, vault_key: Any,
-               xledger_sandbox: Any) -> tuple[Any, Any]:
+def configured(
+    prefect_harness: Any, hub_env: str, vault_key: Any, xledger_sandbox: Any
+) -> tuple[Any, Any]:
     state, server = xledger_sandbox
     token = secrets.token_hex(16)
-    company = state.add_company(token, employees=[{"code": "1001"}, {"code": "1002"}],
-                                closed_before=date(2024, 1, 1))
+    company = state.add_company(
+        token, employees=[{"code": "1001"}, {"code": "1002"}], closed_before=date(2024, 1, 1)
+    )
     seed_organisation("testorg", CLAIMS)
-    row = configure_xledger("testorg", server.url, token, toll_account="7145",
-                            exclusions=("parking",))
+    row = configure_xledger(
+        "testorg", server.url, token, toll_account="7145", exclusions=("parking",)
+    )
     return row, company
 
 
@@ -50,7 +53,11 @@ def test_export_end_to_end_then_nothing_twice(configured: tuple[Any, Any]) -> No
     summary = _run(row)
     assert summary["status"] == "partial"
     assert (summary["extracted"], summary["exported"], summary["failed"], summary["skipped"]) == (
-        7, 3, 3, 1)
+        7,
+        3,
+        3,
+        1,
+    )
     assert summary["exported_amount_ore"] == 43_225 + 15_050 + 120_000
     assert summary["requests_sent"] == 1
     reasons = [f["reason"] for f in summary["failures"]]
@@ -69,7 +76,10 @@ def test_export_end_to_end_then_nothing_twice(configured: tuple[Any, Any]) -> No
     assert all(o.reason for o in outcomes if o.status != "exported")
     assert all(o.target_reference for o in outcomes if o.status == "exported")
     assert {o.summary["category"] for o in outcomes if o.status == "failed"} == {
-        "toll", "travel", "meals"}
+        "toll",
+        "travel",
+        "meals",
+    }
     assert [entry.state for entry in ledger] == ["exported"] * 3
     assert run is not None and run.flow_run_id
 
@@ -93,7 +103,7 @@ def test_dry_run_sends_nothing_and_records_no_outcomes(configured: tuple[Any, An
 
 
 def test_window_limits_what_is_extracted(configured: tuple[Any, Any]) -> None:
-    row, company = configured
+    row, _ = configured
     summary = _run(row, since=date(2023, 11, 1), until=date(2023, 12, 31))
     assert summary["extracted"] == 1
     assert summary["failed"] == 1
@@ -101,16 +111,21 @@ def test_window_limits_what_is_extracted(configured: tuple[Any, Any]) -> None:
 
 
 def test_failures_are_published_as_a_prefect_table_artifact(configured: tuple[Any, Any]) -> None:
+    from uuid import UUID
+
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     row, _ = configured
-    _run(row)
+    summary = _run(row)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[f"xledger-integration-{row.id}-failures"])
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(summary["flow_run_id"])])
             )
         )
-    assert artifacts
-    assert "7145" in str(artifacts[0].data)
+    by_key = {a.key: a for a in artifacts}
+    failures = by_key[f"xledger-integration-{row.id}-failures"]
+    assert failures.type == "table"
+    assert "account 7145 does not exist" in str(failures.data)
+    assert "Export to Xledger" in str(by_key[f"xledger-integration-{row.id}-summary"].data)

@@ -77,12 +77,20 @@ class ScriptedTarget(Adapter):
         results = []
         for record in lines.drop_duplicates("idempotency_key").itertuples():
             if int(record.record_id) in self.reject:
-                results.append(RecordResult(record.idempotency_key, RecordStatus.REJECTED,
-                                            reason="period closed"))
+                results.append(
+                    RecordResult(
+                        record.idempotency_key, RecordStatus.REJECTED, reason="period closed"
+                    )
+                )
             else:
                 self.stored.append(record.idempotency_key)
-                results.append(RecordResult(record.idempotency_key, RecordStatus.EXPORTED,
-                                            f"ref-{record.idempotency_key[:6]}"))
+                results.append(
+                    RecordResult(
+                        record.idempotency_key,
+                        RecordStatus.EXPORTED,
+                        f"ref-{record.idempotency_key[:6]}",
+                    )
+                )
         if step == "commit-then-unknown":
             raise OutcomeUnknown("timed out after commit")
         return BatchResult(results)
@@ -98,16 +106,22 @@ def ledger(hub_env: str) -> Ledger:
         session.add(row)
         session.flush()
         integration_id = row.id or 0
-    return Ledger(hub_session, organisation_id=1, integration_id=integration_id,
-                  record_type="expense_claim")
+    return Ledger(
+        hub_session, organisation_id=1, integration_id=integration_id, record_type="expense_claim"
+    )
 
 
 def _lines(count: int) -> pd.DataFrame:
     claims = claims_frame([{"claim_id": i, "amount_ore": 1000 + i} for i in range(1, count + 1)])
     required = {"expense_account": "a", "payable_account": "b", "posting_date": "c"}
-    lines, _ = map_claims(claims, load_template("xledger_expense_claims.yaml"),
-                          required_fields=required, text_max_length=255,
-                          organisation_id=1, integration_id=1)
+    lines, _ = map_claims(
+        claims,
+        load_template("xledger_expense_claims.yaml"),
+        required_fields=required,
+        text_max_length=255,
+        organisation_id=1,
+        integration_id=1,
+    )
     return lines
 
 

@@ -19,15 +19,23 @@ CHART = [ReferenceCode(c, c) for c in ("7100", "7140", "7160", "6800", "2910")] 
 
 
 def _map(claims, mapping=TEMPLATE):  # type: ignore[no-untyped-def]
-    return map_claims(claims, mapping, required_fields=REQUIRED, text_max_length=255,
-                      organisation_id=1, integration_id=2)
+    return map_claims(
+        claims,
+        mapping,
+        required_fields=REQUIRED,
+        text_max_length=255,
+        organisation_id=1,
+        integration_id=2,
+    )
 
 
 def test_each_claim_becomes_a_balanced_voucher() -> None:
-    claims = claims_frame([
-        {"claim_id": 1, "category": "mileage", "amount_ore": 43225},
-        {"claim_id": 2, "category": "meals", "amount_ore": 15050},
-    ])
+    claims = claims_frame(
+        [
+            {"claim_id": 1, "category": "mileage", "amount_ore": 43225},
+            {"claim_id": 2, "category": "meals", "amount_ore": 15050},
+        ]
+    )
     lines, failures = _map(claims)
     assert failures.empty
     assert len(lines) == 4
@@ -52,11 +60,13 @@ def test_idempotency_key_is_deterministic_and_fits_business_central() -> None:
 
 
 def test_missing_values_fail_their_record_with_an_actionable_reason() -> None:
-    claims = claims_frame([
-        {"claim_id": 1},
-        {"claim_id": 2, "employee_number": None, "volunteer_name": "Odd Dahl"},
-        {"claim_id": 3, "category": "sauna"},
-    ])
+    claims = claims_frame(
+        [
+            {"claim_id": 1},
+            {"claim_id": 2, "employee_number": None, "volunteer_name": "Odd Dahl"},
+            {"claim_id": 3, "category": "sauna"},
+        ]
+    )
     lines, failures = _map(claims)
     assert set(lines["record_id"]) == {1}
     reasons = dict(zip(failures["record_id"], failures["reason"], strict=True))
@@ -66,8 +76,14 @@ def test_missing_values_fail_their_record_with_an_actionable_reason() -> None:
 
 def test_long_text_is_shortened_not_failed() -> None:
     claims = claims_frame([{"claim_id": 1, "description": "x" * 400}])
-    lines, failures = map_claims(claims, TEMPLATE, required_fields=REQUIRED, text_max_length=60,
-                                 organisation_id=1, integration_id=1)
+    lines, failures = map_claims(
+        claims,
+        TEMPLATE,
+        required_fields=REQUIRED,
+        text_max_length=60,
+        organisation_id=1,
+        integration_id=1,
+    )
     assert failures.empty
     assert lines["text"].str.len().max() == 60
     assert lines["text"].iloc[0].endswith("…")
@@ -75,13 +91,15 @@ def test_long_text_is_shortened_not_failed() -> None:
 
 def test_parse_mapping_collects_every_problem() -> None:
     with pytest.raises(MappingError) as caught:
-        parse_mapping({
-            "target": "xledger",
-            "fields": {
-                "expense_account": {"source": "category", "value_map": "nope"},
-                "text": {"template": "{no_such_field}"},
-            },
-        })
+        parse_mapping(
+            {
+                "target": "xledger",
+                "fields": {
+                    "expense_account": {"source": "category", "value_map": "nope"},
+                    "text": {"template": "{no_such_field}"},
+                },
+            }
+        )
     assert caught.value.problems == [
         "fields.expense_account: value map 'nope' is not defined",
         "fields.text: unknown claim field 'no_such_field'",
@@ -90,8 +108,12 @@ def test_parse_mapping_collects_every_problem() -> None:
 
 def test_a_rule_needs_exactly_one_kind() -> None:
     with pytest.raises(MappingError, match="exactly one of source, constant or template"):
-        parse_mapping({"target": "xledger",
-                       "fields": {"payable_account": {"constant": "2910", "source": "category"}}})
+        parse_mapping(
+            {
+                "target": "xledger",
+                "fields": {"payable_account": {"constant": "2910", "source": "category"}},
+            }
+        )
 
 
 def test_oversized_or_malformed_yaml_is_refused() -> None:
@@ -102,15 +124,22 @@ def test_oversized_or_malformed_yaml_is_refused() -> None:
 
 
 def test_yaml_numbers_become_account_codes() -> None:
-    doc = parse_mapping("target: xledger\nfields:\n  payable_account: {constant: 2910}\n"
-                        "value_maps:\n  m: {mileage: 7100}\n")
+    doc = parse_mapping(
+        "target: xledger\nfields:\n  payable_account: {constant: 2910}\n"
+        "value_maps:\n  m: {mileage: 7100}\n"
+    )
     assert doc.fields["payable_account"].constant == "2910"
     assert doc.value_maps["m"] == {"mileage": "7100"}
 
 
 def _validate(mapping, codes=CHART):  # type: ignore[no-untyped-def]
-    return validate_mapping(mapping, target_key="xledger", target_name="Xledger",
-                            target_fields=XledgerAdapter.target_fields, reference_codes=codes)
+    return validate_mapping(
+        mapping,
+        target_key="xledger",
+        target_name="Xledger",
+        target_fields=XledgerAdapter.target_fields,
+        reference_codes=codes,
+    )
 
 
 def test_template_is_clean_against_a_chart_that_has_its_codes() -> None:

@@ -16,8 +16,14 @@ from integration_hub.money import (
 
 @pytest.mark.parametrize(
     ("ore", "text"),
-    [(10100, "101.00"), (-10100, "-101.00"), (5, "0.05"), (-5, "-0.05"), (0, "0.00"),
-     (123456789, "1234567.89")],
+    [
+        (10100, "101.00"),
+        (-10100, "-101.00"),
+        (5, "0.05"),
+        (-5, "-0.05"),
+        (0, "0.00"),
+        (123456789, "1234567.89"),
+    ],
 )
 def test_format_amount_is_exact(ore: int, text: str) -> None:
     assert format_amount(ore) == text

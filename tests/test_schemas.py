@@ -12,13 +12,20 @@ from integration_hub.schemas import gl_lines_schema, validate_lines
 
 TEMPLATE = load_template("xledger_expense_claims.yaml")
 REQUIRED = {f.name: f.label for f in XledgerAdapter.target_fields if f.required}
-SCHEMA = gl_lines_schema(accounts=["7100", "7140", "7160", "6800", "2910"], text_max_length=255,
-                         target_name="Xledger")
+SCHEMA = gl_lines_schema(
+    accounts=["7100", "7140", "7160", "6800", "2910"], text_max_length=255, target_name="Xledger"
+)
 
 
 def _lines(rows):  # type: ignore[no-untyped-def]
-    lines, failures = map_claims(claims_frame(rows), TEMPLATE, required_fields=REQUIRED,
-                                 text_max_length=255, organisation_id=1, integration_id=1)
+    lines, failures = map_claims(
+        claims_frame(rows),
+        TEMPLATE,
+        required_fields=REQUIRED,
+        text_max_length=255,
+        organisation_id=1,
+        integration_id=1,
+    )
     assert failures.empty
     return lines
 
@@ -42,8 +49,11 @@ def test_unknown_account_fails_only_its_record_with_a_reason() -> None:
     valid, failures = _check(lines)
     assert set(valid["record_id"]) == {1}
     assert failures.to_dict("records") == [
-        {"record_id": 2, "record_version": 1,
-         "reason": "account 7145 does not exist in Xledger; fix the field mapping, then retry"}
+        {
+            "record_id": 2,
+            "record_version": 1,
+            "reason": "account 7145 does not exist in Xledger; fix the field mapping, then retry",
+        }
     ]
 
 

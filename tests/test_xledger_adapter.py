@@ -47,9 +47,14 @@ def _lines(count: int, first_id: int = 1) -> Any:
     claims = claims_frame(
         [{"claim_id": i, "amount_ore": 10_000 + i} for i in range(first_id, first_id + count)]
     )
-    lines, failures = map_claims(claims, load_template("xledger_expense_claims.yaml"),
-                                 required_fields=REQUIRED, text_max_length=255,
-                                 organisation_id=1, integration_id=1)
+    lines, failures = map_claims(
+        claims,
+        load_template("xledger_expense_claims.yaml"),
+        required_fields=REQUIRED,
+        text_max_length=255,
+        organisation_id=1,
+        integration_id=1,
+    )
     assert failures.empty
     return lines
 
@@ -61,8 +66,9 @@ def ledger(hub_env: str) -> Ledger:
         session.add(row)
         session.flush()
         integration_id = row.id or 0
-    return Ledger(hub_session, organisation_id=1, integration_id=integration_id,
-                  record_type="expense_claim")
+    return Ledger(
+        hub_session, organisation_id=1, integration_id=integration_id, record_type="expense_claim"
+    )
 
 
 # -- connection tests: classified, always within 10 s --------------------------------------------
@@ -123,8 +129,10 @@ class RawServer:
         with conn:
             conn.recv(65536)
             if self.mode == "throttle":
-                conn.sendall(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3600\r\n"
-                             b"Content-Length: 0\r\n\r\n")
+                conn.sendall(
+                    b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3600\r\n"
+                    b"Content-Length: 0\r\n\r\n"
+                )
             elif self.mode == "trickle":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
                 while not self.stop.is_set():
@@ -142,8 +150,11 @@ class RawServer:
 
 @pytest.mark.parametrize(
     ("mode", "expected"),
-    [("hang", ConnectionStatus.TIMED_OUT), ("trickle", ConnectionStatus.TIMED_OUT),
-     ("throttle", ConnectionStatus.THROTTLED)],
+    [
+        ("hang", ConnectionStatus.TIMED_OUT),
+        ("trickle", ConnectionStatus.TIMED_OUT),
+        ("throttle", ConnectionStatus.THROTTLED),
+    ],
 )
 def test_connection_test_answers_within_ten_seconds(mode: str, expected: ConnectionStatus) -> None:
     server = RawServer(mode)
@@ -194,8 +205,9 @@ def test_commit_then_timeout_leaves_no_duplicate(company: Any, ledger: Ledger) -
 def test_dropped_connection_before_commit_is_resent_once(company: Any, ledger: Ledger) -> None:
     found, url = company
     found.set_faults(drop_connection=1)
-    report = load_lines(_adapter(url, found.token), _lines(5), ledger=ledger, run_id=None,
-                        policy=NO_WAIT)
+    report = load_lines(
+        _adapter(url, found.token), _lines(5), ledger=ledger, run_id=None, policy=NO_WAIT
+    )
     assert Counter(o["status"] for o in report.outcomes) == {"exported": 5}
     assert len(found.ledger) == 10
 
@@ -203,8 +215,9 @@ def test_dropped_connection_before_commit_is_resent_once(company: Any, ledger: L
 def test_commit_then_drop_is_reconciled(company: Any, ledger: Ledger) -> None:
     found, url = company
     found.set_faults(commit_then_drop=1)
-    report = load_lines(_adapter(url, found.token), _lines(5), ledger=ledger, run_id=None,
-                        policy=NO_WAIT)
+    report = load_lines(
+        _adapter(url, found.token), _lines(5), ledger=ledger, run_id=None, policy=NO_WAIT
+    )
     assert Counter(o["status"] for o in report.outcomes) == {"exported": 5}
     assert len(found.ledger) == 10
 
@@ -212,8 +225,9 @@ def test_commit_then_drop_is_reconciled(company: Any, ledger: Ledger) -> None:
 def test_burst_limit_and_5xx_are_retried(company: Any, ledger: Ledger) -> None:
     found, url = company
     found.set_faults(burst_limit=1, fail_5xx=1)
-    report = load_lines(_adapter(url, found.token), _lines(3), ledger=ledger, run_id=None,
-                        policy=NO_WAIT)
+    report = load_lines(
+        _adapter(url, found.token), _lines(3), ledger=ledger, run_id=None, policy=NO_WAIT
+    )
     assert Counter(o["status"] for o in report.outcomes) == {"exported": 3}
     assert len(found.ledger) == 6
 
@@ -222,9 +236,11 @@ def test_rejected_vouchers_get_xledger_reasons(company: Any, ledger: Ledger) -> 
     found, url = company
     lines = _lines(3)
     lines.loc[lines["record_id"] == 2, "counterparty"] = lines.loc[
-        lines["record_id"] == 2, "counterparty"].where(lambda s: s.isna(), "9999")
-    report = load_lines(_adapter(url, found.token), lines, ledger=ledger, run_id=None,
-                        policy=NO_WAIT)
+        lines["record_id"] == 2, "counterparty"
+    ].where(lambda s: s.isna(), "9999")
+    report = load_lines(
+        _adapter(url, found.token), lines, ledger=ledger, run_id=None, policy=NO_WAIT
+    )
     failed = [o for o in report.outcomes if o["status"] == "failed"]
     assert [o["record_id"] for o in failed] == [2]
     assert "9999" in failed[0]["reason"] and "employee" in failed[0]["reason"]
@@ -233,7 +249,8 @@ def test_rejected_vouchers_get_xledger_reasons(company: Any, ledger: Ledger) -> 
 
 def test_bad_token_stops_the_run_with_a_reason(company: Any, ledger: Ledger) -> None:
     _, url = company
-    report = load_lines(_adapter(url, "wrong"), _lines(3), ledger=ledger, run_id=None,
-                        policy=NO_WAIT)
+    report = load_lines(
+        _adapter(url, "wrong"), _lines(3), ledger=ledger, run_id=None, policy=NO_WAIT
+    )
     assert report.aborted and "token" in report.aborted
     assert Counter(o["status"] for o in report.outcomes) == {"failed": 3}

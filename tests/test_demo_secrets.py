@@ -1,0 +1,66 @@
+"""``integrations demo`` as a user runs it, then a search for the credential's plaintext: it
+must be nowhere, not in the database, Prefect's storage, the output or the logs (DESIGN
+invariant 2)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import MetaData, select
+from sqlmodel import Session
+
+from integration_hub.db import hub_engine
+from integration_hub.models import Credential
+from integration_hub.settings import get_settings
+from integration_hub.vault import CredentialVault
+
+
+def _files_containing(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_demo_exports_and_leaks_no_plaintext(hub_env: str, prefect_harness: Path) -> None:
+    import prefect.settings
+
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(prefect.settings.PREFECT_API_URL.value()),
+        "PREFECT_LOGGING_LEVEL": "DEBUG",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "integration_hub.cli", "demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Export to Xledger: run 1 partial" in output
+    assert "Traceback" not in output
+
+    with Session(hub_engine()) as session:
+        credential = session.query(Credential).one()
+        token = CredentialVault.from_settings().reveal(
+            session,
+            organisation_id=credential.organisation_id,
+            integration_id=credential.integration_id,
+            field="api_token",
+            purpose="leak test",
+        )
+    assert len(token) >= 32
+    assert f"api_token: ••••••{token[-4:]}" in output
+
+    assert token not in output  # CLI output, Prefect's DEBUG logs on stderr included
+    assert _files_containing(get_settings().var_dir, token.encode()) == []
+    assert _files_containing(prefect_harness, token.encode()) == []  # Prefect's storage
+    metadata = MetaData()
+    metadata.reflect(hub_engine())
+    with hub_engine().connect() as connection:
+        for table in metadata.sorted_tables:
+            for row in connection.execute(select(table)):
+                assert token not in repr(tuple(row)), table.name
