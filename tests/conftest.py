@@ -163,3 +163,20 @@ def vault_key(hub_env: str) -> Path:
     from integration_hub.vault import init_key_file
 
     return init_key_file(get_settings().key_file)
+
+
+@pytest.fixture
+def ledger(hub_env: str) -> Any:
+    """An export ledger for a fresh integration (organisation 1) in the hub database."""
+    from integration_hub.db import hub_session
+    from integration_hub.ledger import Ledger
+    from integration_hub.models import Integration
+
+    with hub_session() as session:
+        row = Integration(organisation_id=1, type_key="xledger")
+        session.add(row)
+        session.flush()
+        integration_id = row.id or 0
+    return Ledger(
+        hub_session, organisation_id=1, integration_id=integration_id, record_type="expense_claim"
+    )

@@ -55,6 +55,19 @@ def write_setup(tmp_path: Path, url: str, mapping: str = "default") -> Path:
     return path
 
 
+def setup_xledger(
+    org: dict[str, Any], tmp_path: Path, *, token: str | None = None, mapping: str = "default"
+) -> Any:
+    return invoke(
+        "setup",
+        "bf",
+        "xledger",
+        "--from-file",
+        str(write_setup(tmp_path, org["url"], mapping)),
+        env={"XLEDGER_API_TOKEN": token or org["token"]},
+    )
+
+
 def test_help_imports_neither_prefect_nor_pandas() -> None:
     code = (
         "import sys\n"
@@ -71,14 +84,7 @@ def test_help_imports_neither_prefect_nor_pandas() -> None:
 def test_setup_from_file_then_masked_credentials_and_connection(
     org: dict[str, Any], tmp_path: Path
 ) -> None:
-    setup = invoke(
-        "setup",
-        "bf",
-        "xledger",
-        "--from-file",
-        str(write_setup(tmp_path, org["url"])),
-        env={"XLEDGER_API_TOKEN": org["token"]},
-    )
+    setup = setup_xledger(org, tmp_path)
     assert setup.exit_code == 0, setup.output
     assert "connection test: ok" in setup.output
     assert org["token"] not in setup.output
@@ -103,14 +109,7 @@ def test_setup_refuses_an_unset_variable_and_changes_nothing(
 def test_wrong_token_fails_the_connection_test_with_exit_1(
     org: dict[str, Any], tmp_path: Path
 ) -> None:
-    invoke(
-        "setup",
-        "bf",
-        "xledger",
-        "--from-file",
-        str(write_setup(tmp_path, org["url"])),
-        env={"XLEDGER_API_TOKEN": "wrong-token-value"},
-    )
+    setup_xledger(org, tmp_path, token="wrong-token-value")
     result = invoke("test-connection", "bf", "xledger")
     assert result.exit_code == 1
     assert "bad_credentials" in result.output
@@ -125,15 +124,7 @@ def test_mapping_warning_sync_dry_run_runs_and_exclusions(
         .read_text()
         .replace('toll: "7140"', 'toll: "9999"')
     )
-    env = {"XLEDGER_API_TOKEN": org["token"]}
-    setup = invoke(
-        "setup",
-        "bf",
-        "xledger",
-        "--from-file",
-        str(write_setup(tmp_path, org["url"], str(mapping))),
-        env=env,
-    )
+    setup = setup_xledger(org, tmp_path, mapping=str(mapping))
     assert "Xledger has no account 9999" in setup.output
 
     checked = invoke("mappings", "validate", "bf", "xledger")
@@ -167,14 +158,7 @@ def test_bad_dates_and_unknown_organisation_are_clear_errors(org: dict[str, Any]
 
 def test_a_type_the_flags_do_not_offer_is_refused(org: dict[str, Any], tmp_path: Path) -> None:
     config.set_feature_flag(1, feature_flag("xledger"), False, config.OPERATOR)
-    result = invoke(
-        "setup",
-        "bf",
-        "xledger",
-        "--from-file",
-        str(write_setup(tmp_path, org["url"])),
-        env={"XLEDGER_API_TOKEN": org["token"]},
-    )
+    result = setup_xledger(org, tmp_path)
     assert result.exit_code == 2
     assert "Xledger is not offered to Bf" in result.output
 
@@ -200,14 +184,7 @@ def test_missing_vault_key_is_a_clear_error(hub_env: str) -> None:
 
 
 def test_vault_rotate_keeps_credentials_usable(org: dict[str, Any], tmp_path: Path) -> None:
-    invoke(
-        "setup",
-        "bf",
-        "xledger",
-        "--from-file",
-        str(write_setup(tmp_path, org["url"])),
-        env={"XLEDGER_API_TOKEN": org["token"]},
-    )
+    setup_xledger(org, tmp_path)
     rotated = invoke("vault", "rotate")
     assert rotated.exit_code == 0, rotated.output
     assert invoke("test-connection", "bf", "xledger").exit_code == 0

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, final
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from integration_hub.vault.masking import redact
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -168,10 +170,7 @@ class Adapter(ABC):
         return httpx.Client(transport=self._transport, timeout=timeout)
 
     def redact(self, text: str) -> str:
-        for secret in self.config.secret_values():
-            if len(secret) >= 4:
-                text = text.replace(secret, "[REDACTED]")
-        return text
+        return redact(text, self.config.secret_values())
 
     @final
     def check_connection(self, deadline_s: float = CONNECTION_TEST_DEADLINE_S) -> ConnectionResult:
