@@ -270,14 +270,21 @@ def run_demo(*, verbose: bool = False) -> dict[str, Any]:
             f"from {company.mutations} addGLImportItems request(s)"
         )
     typer.secho("\nWhat to try next", bold=True)
-    for hint in (
-        "integrations runs blindeforbundet xledger        # the export history",
-        "integrations credentials show blindeforbundet xledger   # masked, never plaintext",
-        "integrations mappings show blindeforbundet xledger      # toll -> 7145 fails",
-        "integrations demo                                # again: nothing is posted twice",
+    for command, why in (
+        ("runs blindeforbundet xledger", "the export history"),
+        ("credentials show blindeforbundet xledger", "masked, never plaintext"),
+        ("mappings show blindeforbundet xledger", "toll -> 7145 is why three claims fail"),
+        ("demo", "again: the failures retry, nothing is posted twice"),
     ):
-        typer.echo(f"  {hint}")
+        typer.echo(f"  {_command_prefix()} {command:<45} # {why}")
     return summary
+
+
+def _command_prefix() -> str:
+    """How the user reaches the CLI: on PATH, or inside .venv after ``make demo``."""
+    import shutil
+
+    return "integrations" if shutil.which("integrations") else ".venv/bin/integrations"
 
 
 def _feature_flags(ids: dict[str, int]) -> None:
