@@ -162,12 +162,28 @@ class Adapter(ABC):
             raise TypeError(f"{self.key} needs a {self.config_model.__name__}")
         self.config = config
         self._transport = transport
+        self._http: httpx.Client | None = None
         self.requests_sent = 0
 
-    def client(self, *, read_timeout: float | None = None) -> httpx.Client:
-        """A client with separate connect/read timeouts; tests inject a transport."""
-        timeout = httpx.Timeout(read_timeout or self.read_timeout_s, connect=self.connect_timeout_s)
-        return httpx.Client(transport=self._transport, timeout=timeout)
+    @property
+    def http(self) -> httpx.Client:
+        """One pooled client per adapter: a new client per request costs an SSL context and a
+        TCP handshake (~20 ms each; 8 s over a 100,000-claim export)."""
+        if self._http is None or self._http.is_closed:
+            timeout = httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)
+            self._http = httpx.Client(transport=self._transport, timeout=timeout)
+        return self._http
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> Adapter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def redact(self, text: str) -> str:
         return redact(text, self.config.secret_values())

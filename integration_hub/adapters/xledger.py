@@ -116,12 +116,12 @@ class XledgerAdapter(Adapter):
     config: XledgerConfig
 
     # -- transport ------------------------------------------------------------------------
-    def _post(self, client: httpx.Client, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
         """One GraphQL request; sorts whole-request failures into the adapter error kinds."""
         self.requests_sent += 1
         headers = {"Authorization": f"token {self.config.api_token.get_secret_value()}"}
         try:
-            response = client.post(
+            response = self.http.post(
                 str(self.config.base_url),
                 json={"query": query, "variables": variables},
                 headers=headers,
@@ -212,12 +212,10 @@ class XledgerAdapter(Adapter):
             ConnectionStatus.OK, "Connected to Xledger; the token can read accounts"
         )
 
-    def _pages(
-        self, client: httpx.Client, query: str, name: str, variables: dict[str, Any]
-    ) -> Iterator[dict[str, Any]]:
+    def _pages(self, query: str, name: str, variables: dict[str, Any]) -> Iterator[dict[str, Any]]:
         after: str | None = None
         while True:
-            body = self._post(client, query, {**variables, "first": PAGE_SIZE, "after": after})
+            body = self._post(query, {**variables, "first": PAGE_SIZE, "after": after})
             connection = (body.get("data") or {}).get(name)
             if not isinstance(connection, dict):
                 raise RunAbort(f"Xledger's answer has no {name}")
@@ -229,24 +227,22 @@ class XledgerAdapter(Adapter):
             after = page["endCursor"]
 
     def reference_codes(self) -> list[ReferenceCode]:
-        with self.client() as client:
-            return [
-                ReferenceCode(
-                    code=str(node["code"]),
-                    name=str(node.get("description") or ""),
-                    postable=bool(node.get("posting", True)),
-                    note="" if node.get("posting", True) else "not a posting account",
-                )
-                for node in self._pages(client, ACCOUNTS_QUERY, "accounts", {})
-            ]
+        return [
+            ReferenceCode(
+                code=str(node["code"]),
+                name=str(node.get("description") or ""),
+                postable=bool(node.get("posting", True)),
+                note="" if node.get("posting", True) else "not a posting account",
+            )
+            for node in self._pages(ACCOUNTS_QUERY, "accounts", {})
+        ]
 
     def lookup(self, keys: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        with self.client() as client:
-            for start in range(0, len(keys), LOOKUP_CHUNK):
-                chunk = keys[start : start + LOOKUP_CHUNK]
-                for node in self._pages(client, LOOKUP_QUERY, "glImportItems", {"keys": chunk}):
-                    found.setdefault(str(node["extIdentifier"]), f"glImportItem:{node['dbId']}")
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys[start : start + LOOKUP_CHUNK]
+            for node in self._pages(LOOKUP_QUERY, "glImportItems", {"keys": chunk}):
+                found.setdefault(str(node["extIdentifier"]), f"glImportItem:{node['dbId']}")
         return found
 
     def load(self, lines: pd.DataFrame) -> BatchResult:
@@ -254,8 +250,7 @@ class XledgerAdapter(Adapter):
             raise ValueError(f"at most {self.max_lines_per_request} lines per request")
         inputs = [_gl_input(row) for row in lines.itertuples(index=False)]
         before = self.requests_sent
-        with self.client() as client:
-            body = self._post(client, ADD_MUTATION, {"inputs": inputs})
+        body = self._post(ADD_MUTATION, {"inputs": inputs})
         return BatchResult(_record_results(lines, body), requests=self.requests_sent - before)
 
 
