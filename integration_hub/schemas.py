@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import pandas as pd
 import pandera.pandas as pa
 
-from integration_hub.mappings.resolver import FAILURE_COLUMNS, empty_failures
+from integration_hub.mappings.resolver import ACCOUNT_TYPES, FAILURE_COLUMNS, empty_failures
 
 ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
 
@@ -28,11 +28,8 @@ def gl_lines_schema(
             "idempotency_key": pa.Column(str, pa.Check.str_length(1, 35, name="key_length")),
             "document_number": pa.Column(str, nullable=False),
             "line_no": pa.Column("int64"),
-            "account": pa.Column(
-                str,
-                pa.Check.isin(known, name="account_exists", error=f"not in {target_name}"),
-                nullable=False,
-            ),
+            "account_type": pa.Column(str, pa.Check.isin(list(ACCOUNT_TYPES))),
+            "account": pa.Column(str, nullable=False),
             "counterparty": pa.Column(str, nullable=True),
             "dimension": pa.Column(str, nullable=True),
             "amount_ore": pa.Column(
@@ -46,6 +43,12 @@ def gl_lines_schema(
             ),
         },
         checks=[
+            pa.Check(
+                # Only G/L accounts are checked against the chart; employees and vendors are
+                # the target's to resolve.
+                lambda df: df["account"].isin(known) | df["account_type"].ne("gl"),
+                name="account_exists",
+            ),
             pa.Check(
                 lambda df: df.groupby("idempotency_key")["amount_ore"].transform("sum").eq(0),
                 name="voucher_balances",
@@ -61,6 +64,8 @@ def _reason(
     check: str, column: str | None, value: object, target_name: str, text_max_length: int
 ) -> str:
     """A reason a person can act on, chosen by the column that failed."""
+    if "account_exists" in check:
+        return f"account {value} does not exist in {target_name}; fix the field mapping, then retry"
     if "voucher_balances" in check:
         return "the voucher does not balance to 0.00"
     if "unique" in check or "duplicate" in check.lower():
@@ -118,6 +123,8 @@ def validate_lines(
         strict=True,
     ):
         record_id = int(prepared.at[position, "record_id"])
+        if "account_exists" in check:  # a frame-wide check reports the row, not the value
+            value = prepared.at[position, "account"]
         reason = _reason(
             check, column if isinstance(column, str) else None, value, target_name, text_max_length
         )

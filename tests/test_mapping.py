@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from factories import claims_frame
 
@@ -172,3 +173,23 @@ def test_unreachable_target_is_a_warning_not_a_silent_pass() -> None:
     problems = _validate(TEMPLATE, codes=None)
     assert [p.severity for p in problems] == [Severity.WARNING]
     assert "could not check" in problems[0].message
+
+
+def test_balancing_against_an_employee_puts_the_employee_on_the_credit_line() -> None:
+    from integration_hub.schemas import gl_lines_schema, validate_lines
+
+    data = TEMPLATE.model_dump(mode="json")
+    data["fields"]["payable_account_type"] = {"constant": "employee"}
+    del data["fields"]["payable_account"]
+    mapping = parse_mapping(data)
+    required = {k: v for k, v in REQUIRED.items() if k != "payable_account"}
+    lines, failures = map_claims(claims_frame([{"claim_id": 1}]), mapping,
+                                 required_fields=required, text_max_length=255,
+                                 organisation_id=1, integration_id=2)
+    assert failures.empty
+    credit = lines[lines["line_no"] == 2].iloc[0]
+    assert (credit["account_type"], credit["account"]) == ("employee", "1001")
+    assert credit["counterparty"] is pd.NA
+    schema = gl_lines_schema(accounts=["7140"], text_max_length=255, target_name="BC")
+    valid, problems = validate_lines(lines, schema, target_name="BC", text_max_length=255)
+    assert problems.empty and len(valid) == 2  # employees are not checked against the chart

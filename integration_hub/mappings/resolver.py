@@ -19,6 +19,7 @@ LINE_COLUMNS = [
     "idempotency_key",
     "document_number",
     "line_no",
+    "account_type",
     "account",
     "counterparty",
     "dimension",
@@ -27,6 +28,9 @@ LINE_COLUMNS = [
     "text",
 ]
 FAILURE_COLUMNS = ["record_id", "record_version", "reason"]
+ACCOUNT_TYPES = ("gl", "employee", "vendor")
+"""What a line's ``account`` names: a G/L account, or an employee or vendor (Business Central
+balances a claim against the employee; Xledger against a G/L account with a subledger)."""
 
 MISSING_SOURCE_HINTS = {
     "employee_number": "volunteer {volunteer_name} has no employee number in the volunteer app; "
@@ -168,18 +172,26 @@ def map_claims(
         {
             **common,
             "line_no": 1,
+            "account_type": "gl",
             "account": fields["expense_account"],
             "counterparty": no_value,
             "dimension": fields.get("dimension", no_value),
             "amount_ore": amount,
         }
     )
+    credit_type = fields.get("payable_account_type", pd.Series("gl", index=ok.index)).astype(
+        "string"
+    )
+    on_ledger = credit_type.eq("gl")
+    counterparty = fields.get("counterparty", no_value)
     credit = pd.DataFrame(
         {
             **common,
             "line_no": 2,
-            "account": fields["payable_account"],
-            "counterparty": fields.get("counterparty", no_value),
+            "account_type": credit_type,
+            # Against an employee or vendor, the counterparty *is* the account.
+            "account": fields.get("payable_account", no_value).where(on_ledger, counterparty),
+            "counterparty": counterparty.where(on_ledger, no_value),
             "dimension": no_value,
             "amount_ore": -amount,
         }
