@@ -183,9 +183,14 @@ def test_balancing_against_an_employee_puts_the_employee_on_the_credit_line() ->
     del data["fields"]["payable_account"]
     mapping = parse_mapping(data)
     required = {k: v for k, v in REQUIRED.items() if k != "payable_account"}
-    lines, failures = map_claims(claims_frame([{"claim_id": 1}]), mapping,
-                                 required_fields=required, text_max_length=255,
-                                 organisation_id=1, integration_id=2)
+    lines, failures = map_claims(
+        claims_frame([{"claim_id": 1}]),
+        mapping,
+        required_fields=required,
+        text_max_length=255,
+        organisation_id=1,
+        integration_id=2,
+    )
     assert failures.empty
     credit = lines[lines["line_no"] == 2].iloc[0]
     assert (credit["account_type"], credit["account"]) == ("employee", "1001")
