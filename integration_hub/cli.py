@@ -204,6 +204,7 @@ def setup_from_answers(
     from integration_hub.adapters.registry import get_type
     from integration_hub.mappings.spec import load_mapping_file, load_template
     from integration_hub.models import IntegrationStatus
+    from integration_hub.services import alerts
     from integration_hub.services import configuration as config
     from integration_hub.services.errors import InvalidInput, WarningsNotAcknowledged
 
@@ -223,7 +224,7 @@ def setup_from_answers(
     for field in config.credential_form(row, who):
         lines.append(f"  {field['name']}: {field['value']}")
 
-    result = config.test_connection(row, who)
+    result, _alert = alerts.check_connection(row, who)
     lines.append(f"connection test: {result.status} in {result.elapsed_ms} ms: {result.detail}")
 
     mapping_answer = answers.get("mapping", "default")
@@ -263,6 +264,7 @@ def setup_interactive(org: str, type_key: str) -> list[str]:
     """Prompt for each step; secrets are typed hidden and never echoed."""
     from integration_hub.adapters.registry import get_type
     from integration_hub.mappings.spec import load_mapping_file
+    from integration_hub.services import alerts
     from integration_hub.services import configuration as config
 
     who = actor()
@@ -281,7 +283,7 @@ def setup_interactive(org: str, type_key: str) -> list[str]:
         )
     config.save_configuration(row, {k: v for k, v in values.items() if v}, who)
     typer.echo("Step 2/5 connection test ...")
-    result = config.test_connection(row, who)
+    result, _alert = alerts.check_connection(row, who)
     typer.echo(f"  {result.status} in {result.elapsed_ms} ms: {result.detail}")
     typer.echo("Step 3/5 field mapping")
     _, document = config.current_mapping(row)
@@ -329,11 +331,13 @@ def credentials_show(org: str, type_key: Annotated[str, typer.Argument(metavar="
 @friendly_errors
 def test_connection(org: str, type_key: Annotated[str, typer.Argument(metavar="TYPE")]) -> None:
     """Check the stored credentials against the target (answers within 10 seconds)."""
-    from integration_hub.services import configuration as config
+    from integration_hub.services import alerts
 
-    result = config.test_connection(_integration(org, type_key), actor())
+    result, alert = alerts.check_connection(_integration(org, type_key), actor())
     colour = typer.colors.GREEN if result.ok else typer.colors.RED
     typer.secho(f"{result.status}: {result.detail} ({result.elapsed_ms} ms)", fg=colour)
+    if alert and alert != "no webhook":
+        typer.echo(f"alert: {alert}")
     raise typer.Exit(0 if result.ok else 1)
 
 
@@ -425,6 +429,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"({format_nok(summary['exported_amount_ore'])}), failed {summary['failed']}, "
         f"skipped {summary['skipped']}, requests {summary['requests_sent']}"
     )
+    if summary.get("retry_of_run_id"):
+        typer.echo(f"  retry of the failed records of run {summary['retry_of_run_id']}")
     if summary.get("error"):
         typer.secho(f"  stopped: {summary['error']}", fg=typer.colors.RED)
     for failure in summary.get("failures", []):
@@ -438,6 +444,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         )
     for reason, count in summary.get("skipped_reasons", {}).items():
         typer.echo(f"  skipped {count} x {reason}")
+    if summary.get("alert") and summary["alert"] != "no webhook":
+        typer.echo(f"  alert webhook: {summary['alert']}")
+    if summary.get("failures") and not summary.get("dry_run"):
+        typer.echo(f"  retry the failures: integrations retry {summary['run_id']}")
 
 
 @app.command("sync")
@@ -482,28 +492,23 @@ def runs(
     org: str,
     type_key: Annotated[str, typer.Argument(metavar="TYPE")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
+    limit: Annotated[int, typer.Option(help="How many runs, newest first; 0 for all.")] = 20,
 ) -> None:
-    """The export history: every run with its counts and totals."""
-    from integration_hub.money import format_nok
+    """The export history: every run with trigger, window, counts, totals, requests, duration."""
+    from integration_hub.cli_operations import console, runs_table
     from integration_hub.services.history import list_runs
 
-    history = list_runs(_integration(org, type_key), actor(), limit=limit)
+    history = list_runs(_integration(org, type_key), actor(), limit=limit or None)
     if as_json:
         typer.echo(json.dumps(history, indent=2, default=str))
         return
     if not history:
         typer.echo("no runs yet")
-    for run in history:
-        duration = f"{run['duration_s']:.1f}s" if run["duration_s"] is not None else "-"
-        window = " .. ".join(w or "" for w in run["window"]) if any(run["window"]) else "all"
-        typer.echo(
-            f"#{run['run_id']:<5} {run['started_at'][:19]} {run['trigger']:<9} {run['status']:<10}"
-            f" window {window:<10} exported {run['exported']:>6} failed {run['failed']:>4} "
-            f"skipped {run['skipped']:>4} {format_nok(run['exported_amount_ore']):>16} "
-            f"requests {run['requests_sent']:>4} {duration}"
-            + (" (dry run)" if run["dry_run"] else "")
-        )
+        return
+    out = console()
+    out.print(runs_table(history, title=f"Export history of {type_key} for {org}"))
+    if limit and len(history) == limit:
+        out.print(f"the newest {limit} runs; --limit 0 shows all")
 
 
 # -- vault, sandbox, demo ----------------------------------------------------------------------
@@ -565,6 +570,10 @@ def demo(
 
     run_demo(verbose=verbose)
 
+
+# Command groups kept in their own modules register themselves on ``app`` when imported; they
+# import heavy modules inside their commands so ``--help`` stays instant.
+from integration_hub import cli_operations, cli_scheduling  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -269,6 +269,7 @@ def run_demo(*, verbose: bool = False) -> dict[str, Any]:
             f"\nthe Xledger sandbox now holds {len(company.ledger)} GL import lines "
             f"from {company.mutations} addGLImportItems request(s)"
         )
+    _demo_business_central(ids["hlf"])
     typer.secho("\nWhat to try next", bold=True)
     for command, why in (
         ("runs blindeforbundet xledger", "the export history"),
@@ -278,6 +279,44 @@ def run_demo(*, verbose: bool = False) -> dict[str, Any]:
     ):
         typer.echo(f"  {_command_prefix()} {command:<45} # {why}")
     return summary
+
+
+def _demo_business_central(organisation_id: int) -> None:
+    """HLF books in Business Central: the same wizard calls, a BC sandbox, an export."""
+    from integration_hub.cli import print_summary, setup_from_answers
+    from integration_hub.sandbox.dynamics import DynamicsSandboxState, create_dynamics_app
+    from integration_hub.sandbox.server import start_server
+    from integration_hub.services.configuration import Actor
+    from integration_hub.services.sync import run_export
+
+    state = DynamicsSandboxState()
+    employees = [
+        {"number": e["code"], "displayName": e["description"]} for e in _employees(organisation_id)
+    ]
+    provisioned = state.provision(company_name="HLF", employees=employees)
+    with start_server(create_dynamics_app(state)) as server:
+        typer.echo(f"\nBusiness Central sandbox listening on {server.url}")
+        settings = provisioned.settings(server.url)
+        secret = settings.pop("client_secret")
+        lines = setup_from_answers(
+            "hlf",
+            "dynamics",
+            {
+                **settings,
+                "credentials": {"client_secret": secret},
+                "mapping": "default",
+                "schedule": {"daily": "02:00", "timezone": "Europe/Oslo"},
+                "exclusions": [],
+                "accept_warnings": True,
+            },
+        )
+        typer.secho("\nSetup wizard (hlf, Business Central)", bold=True)
+        for line in lines:
+            typer.echo(f"  {line}")
+        typer.secho("\nRunning the export flow ...", bold=True)
+        summary = run_export("hlf", "dynamics", Actor("demo"), trigger="manual")
+        typer.echo("")
+        print_summary(summary)
 
 
 def _command_prefix() -> str:

@@ -180,3 +180,80 @@ def ledger(hub_env: str) -> Any:
     return Ledger(
         hub_session, organisation_id=1, integration_id=integration_id, record_type="expense_claim"
     )
+
+
+# =============================================================================================
+# alerts: a real local webhook receiver
+# =============================================================================================
+class WebhookReceiver:
+    """A tiny HTTP endpoint on 127.0.0.1 that records what it is sent (path, headers, JSON)."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.status = 200
+        self.url = ""
+
+    def reset(self) -> None:
+        self.received.clear()
+        self.status = 200
+
+
+@pytest.fixture(scope="session")
+def _webhook_server() -> Iterator[WebhookReceiver]:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from integration_hub.sandbox.server import start_server
+
+    receiver = WebhookReceiver()
+
+    async def hook(request: Request) -> JSONResponse:
+        receiver.received.append(
+            {
+                "path": request.url.path,
+                "query": request.url.query,
+                "headers": dict(request.headers),
+                "body": (await request.body()).decode(),
+                "json": await request.json(),
+            }
+        )
+        return JSONResponse({"ok": receiver.status < 300}, status_code=receiver.status)
+
+    app = Starlette(routes=[Route("/hooks/{token}", hook, methods=["POST"])])
+    with start_server(app) as server:
+        receiver.url = server.url
+        yield receiver
+
+
+@pytest.fixture
+def webhook_receiver(_webhook_server: WebhookReceiver) -> WebhookReceiver:
+    """The session's webhook receiver, emptied and answering 200 (set ``status`` to fail)."""
+    _webhook_server.reset()
+    return _webhook_server
+
+
+# =============================================================================================
+# Business Central sandbox
+# =============================================================================================
+@pytest.fixture(scope="session")
+def dynamics_sandbox() -> Iterator[tuple[Any, Any]]:
+    """One Business Central sandbox server per session; tests provision their own tenants."""
+    from integration_hub.sandbox.dynamics import DynamicsSandboxState, create_dynamics_app
+    from integration_hub.sandbox.server import start_server
+
+    state = DynamicsSandboxState()
+    with start_server(create_dynamics_app(state)) as server:
+        yield state, server
+
+
+@pytest.fixture
+def quick_flow_runs(prefect_harness: Path) -> Iterator[None]:
+    """Flow runs without Prefect's run heartbeat thread: at the end of every flow run Prefect
+    3.9 joins that thread, which sleeps in one-second steps, so each run would cost ~1 s more
+    (measured: an empty flow 1.07 s with it, 0.09 s without). Nothing here tests heartbeats."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

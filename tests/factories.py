@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -96,3 +97,58 @@ def configure_xledger(
     config.save_mapping(row, mapping, who, accept_warnings=True)
     config.set_exclusions(row, list(exclusions), who)
     return row
+
+
+def record_run(
+    integration_id: int,
+    organisation_id: int,
+    *,
+    failures: Sequence[dict[str, Any]] = (),
+    **fields: Any,
+) -> int:
+    """A finished hub run written directly (no Prefect), with failed outcomes as given; for
+    tests of what the health monitor and the history show."""
+    from datetime import UTC, datetime, timedelta
+
+    from integration_hub.db import hub_session
+    from integration_hub.models import RecordOutcome, SyncRun
+
+    started = fields.pop("started_at", datetime(2026, 3, 2, 1, 0, 3, tzinfo=UTC))
+    values: dict[str, Any] = {
+        "trigger": "schedule",
+        "status": "partial" if failures else "succeeded",
+        "extracted": 10,
+        "exported": 10 - len(failures),
+        "failed": len(failures),
+        "exported_amount_ore": 123_456,
+        "failed_amount_ore": sum(f.get("amount_ore", 0) for f in failures),
+        "requests_sent": 1,
+        "flow_run_id": "6d1f7a4e-0000-4000-8000-000000000001",
+        "started_at": started,
+        "finished_at": started + timedelta(seconds=4.2),
+        **fields,
+    }
+    with hub_session() as session:
+        run = SyncRun(integration_id=integration_id, organisation_id=organisation_id, **values)
+        session.add(run)
+        session.flush()
+        for failure in failures:
+            session.add(
+                RecordOutcome(
+                    run_id=run.id or 0,
+                    integration_id=integration_id,
+                    record_type="expense_claim",
+                    record_id=failure["record_id"],
+                    record_version=1,
+                    status="failed",
+                    reason=failure["reason"],
+                    attempt=failure.get("attempt", 1),
+                    amount_ore=failure.get("amount_ore"),
+                    summary={
+                        k: failure[k]
+                        for k in ("category", "volunteer_name", "amount_ore")
+                        if k in failure
+                    },
+                )
+            )
+        return run.id or 0

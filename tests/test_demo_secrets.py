@@ -43,24 +43,31 @@ def test_demo_exports_and_leaks_no_plaintext(hub_env: str, prefect_harness: Path
     assert "Export to Xledger: run 1 partial" in output
     assert "Traceback" not in output
 
+    vault = CredentialVault.from_settings()
     with Session(hub_engine()) as session:
-        credential = session.query(Credential).one()
-        token = CredentialVault.from_settings().reveal(
-            session,
-            organisation_id=credential.organisation_id,
-            integration_id=credential.integration_id,
-            field="api_token",
-            purpose="leak test",
-        )
-    assert len(token) >= 32
-    assert f"api_token: ••••••{token[-4:]}" in output
-
-    assert token not in output  # CLI output, Prefect's DEBUG logs on stderr included
-    assert _files_containing(get_settings().var_dir, token.encode()) == []
-    assert _files_containing(prefect_harness, token.encode()) == []  # Prefect's storage
+        secrets = [
+            vault.reveal(
+                session,
+                organisation_id=c.organisation_id,
+                integration_id=c.integration_id,
+                field=c.field,
+                purpose="leak test",
+            )
+            for c in session.query(Credential).all()
+        ]
+    assert len(secrets) == 2  # Xledger's API token and Business Central's client secret
     metadata = MetaData()
     metadata.reflect(hub_engine())
     with hub_engine().connect() as connection:
-        for table in metadata.sorted_tables:
-            for row in connection.execute(select(table)):
-                assert token not in repr(tuple(row)), table.name
+        rows = [
+            (table.name, repr(tuple(row)))
+            for table in metadata.sorted_tables
+            for row in connection.execute(select(table))
+        ]
+    for secret in secrets:
+        assert len(secret) >= 16
+        assert f"••••••{secret[-4:]}" in output  # shown masked by the wizard
+        assert secret not in output  # CLI output, Prefect's DEBUG logs on stderr included
+        assert _files_containing(get_settings().var_dir, secret.encode()) == []
+        assert _files_containing(prefect_harness, secret.encode()) == []  # Prefect's storage
+        assert [name for name, text in rows if secret in text] == []

@@ -151,6 +151,16 @@ class Adapter(ABC):
     max_lines_per_request: ClassVar[int] = 100
     text_max_length: ClassVar[int] = 250
     reference_label: ClassVar[str] = "account"
+    exclusion_choices: ClassVar[tuple[str, ...]] = (
+        "mileage",
+        "travel",
+        "meals",
+        "materials",
+        "parking",
+        "toll",
+    )
+    """The data categories an organisation may opt out of (default: the claim categories,
+    :class:`integration_hub.models.ClaimCategory`)."""
 
     connect_timeout_s: ClassVar[float] = 3.0
     read_timeout_s: ClassVar[float] = 30.0

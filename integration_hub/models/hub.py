@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from integration_hub.models.types import Money, UTCDateTime
@@ -65,6 +65,13 @@ class FeatureFlag(SQLModel, table=True):
 
 
 class Integration(SQLModel, table=True):
+    """An organisation's integration of one type.
+
+    One row per organisation has the reserved type ``_alerts``: the organisation's alert channel,
+    whose webhook URL is a credential of that row, so the vault encrypts, masks, audits and
+    rotates it like any other secret. It is not an adapter type; listings of integrations skip it.
+    """
+
     __tablename__ = "hub_integrations"
     __table_args__ = (UniqueConstraint("organisation_id", "type_key"),)
 
@@ -157,6 +164,9 @@ class SyncRun(SQLModel, table=True):
     failed_amount_ore: int = Field(default=0, sa_type=Money)
     requests_sent: int = 0
     mapping_version: int | None = None
+    retry_of_run_id: int | None = Field(
+        default=None, description="The run whose failures it re-sent"
+    )
     error: str | None = Field(default=None, max_length=2000)
     started_at: datetime = _ts(index=True, now=True)
     finished_at: datetime | None = _ts()
@@ -205,6 +215,39 @@ class ExportLedger(SQLModel, table=True):
     confirmed_at: datetime | None = _ts()
 
 
+class ExportLease(SQLModel, table=True):
+    """At most one export per integration at a time, across processes and hosts.
+
+    The unique ``integration_id`` is the lock; the holder renews ``expires_at`` while it runs, so a
+    crashed holder's lease simply expires and the next run takes it over.
+    """
+
+    __tablename__ = "hub_export_leases"
+
+    id: int | None = Field(default=None, primary_key=True)
+    integration_id: int = Field(foreign_key="hub_integrations.id", unique=True)
+    run_id: int
+    owner: str = Field(max_length=200, description="host:pid of the holder, for people")
+    acquired_at: datetime = _ts(now=True)
+    heartbeat_at: datetime = _ts(now=True)
+    expires_at: datetime = _ts(now=True)
+
+
+class RateLimitSlot(SQLModel, table=True):
+    """The next free request slot per target (e.g. ``xledger:www.xledger.net``).
+
+    Every run, in any process or host, takes its slots from this row, so calls to one target stay
+    within its rate limit however many runs are going. Microseconds since the epoch, to compare
+    exactly on every database.
+    """
+
+    __tablename__ = "hub_rate_limits"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=200)
+    next_slot_us: int = Field(default=0, sa_type=BigInteger)
+
+
 class AuditEntry(SQLModel, table=True):
     """Who changed what and when. Never holds a secret value."""
 
@@ -231,6 +274,8 @@ HUB_TABLES = frozenset(
         SyncRun,
         RecordOutcome,
         ExportLedger,
+        ExportLease,
+        RateLimitSlot,
         AuditEntry,
     )
 )

@@ -429,9 +429,7 @@ def get_schedule(integration_row: Integration) -> SyncSchedule | None:
 
 
 def exclusion_choices(integration_row: Integration) -> list[str]:
-    from integration_hub.models import ClaimCategory
-
-    return [c.value for c in ClaimCategory]
+    return list(get_type(integration_row.type_key).exclusion_choices)
 
 
 def list_exclusions(integration_row: Integration) -> list[str]:

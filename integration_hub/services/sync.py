@@ -1,12 +1,29 @@
-"""Starting exports: the one place pages and the CLI go through to run a flow."""
+"""Starting exports: the one place pages and the CLI go through to run a flow.
+
+An export, a retry of one run's failed records and a backfill all run their Prefect flow in this
+process (embedded Prefect unless ``PREFECT_API_URL`` points at a server); the same flows are
+deployments, so the Prefect UI can start them too.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
+from sqlmodel import select
+
+from integration_hub.db import hub_session
+from integration_hub.models import Integration, SyncRun
 from integration_hub.services.configuration import Actor, integration, organisation
-from integration_hub.services.errors import InvalidInput
+from integration_hub.services.errors import InvalidInput, NotFound
+from integration_hub.services.guards import refused_when_busy
+
+
+def _prefect() -> None:
+    from integration_hub.prefect_env import configure_prefect
+
+    configure_prefect()
 
 
 def run_export(
@@ -24,11 +41,82 @@ def run_export(
         raise InvalidInput(f"--since {since} is after --until {until}")
     org = organisation(org_slug, actor)
     row = integration(org, type_key, actor)
-    from integration_hub.prefect_env import configure_prefect
-
-    configure_prefect()
+    _prefect()
     from integration_hub.flows.export_expense_claims import export_expense_claims
 
-    return export_expense_claims(
-        integration_id=row.id or 0, since=since, until=until, dry_run=dry_run, trigger=trigger
-    )
+    with refused_when_busy():
+        return export_expense_claims(
+            integration_id=row.id or 0, since=since, until=until, dry_run=dry_run, trigger=trigger
+        )
+
+
+# -- retry -------------------------------------------------------------------------------------
+def _run(run_id: int, actor: Actor) -> SyncRun:
+    with hub_session() as session:
+        run = session.get(SyncRun, run_id)
+    if run is None:
+        raise NotFound(f"there is no run {run_id}")
+    actor.check(run.organisation_id)
+    return run
+
+
+def latest_failed_run(row: Integration, actor: Actor) -> int:
+    """The newest run with failed records that no later retry has cleared."""
+    actor.check(row.organisation_id)
+    with hub_session() as session:
+        runs = session.exec(
+            select(SyncRun)
+            .where(SyncRun.integration_id == row.id, SyncRun.dry_run == False)  # noqa: E712
+            .order_by(SyncRun.id.desc())  # type: ignore[union-attr]
+        ).all()
+    cleared = {r.retry_of_run_id for r in runs if r.retry_of_run_id and r.status == "succeeded"}
+    for run in runs:
+        if run.failed and run.id not in cleared:
+            return run.id or 0
+    raise NotFound("no run of this integration has failed records to retry")
+
+
+def retry_run(run_id: int, actor: Actor) -> dict[str, Any]:
+    """Re-send the failed records of ``run_id`` through the ``retry_failed_records`` flow."""
+    run = _run(run_id, actor)
+    if run.dry_run:
+        raise InvalidInput(f"run {run_id} was a dry run; it sent nothing to retry")
+    if not run.failed:
+        raise InvalidInput(f"run {run_id} has no failed records to retry")
+    _prefect()
+    from integration_hub.flows.retry_failed_records import retry_failed_records
+
+    with refused_when_busy():
+        return retry_failed_records(run_id=run_id)
+
+
+# -- backfill ----------------------------------------------------------------------------------
+def backfill_plan(start: date, end: date, chunk: str) -> list[tuple[date, date]]:
+    """The chunks a backfill will run (checked: a valid chunk, start not after end)."""
+    from integration_hub.tasks.windows import chunk_windows
+
+    try:
+        return chunk_windows(start, end, chunk)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def run_backfill(
+    org_slug: str,
+    type_key: str,
+    actor: Actor,
+    *,
+    start: date,
+    end: date,
+    chunk: str = "month",
+    on_chunk: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the ``backfill_exports`` flow; ``on_chunk`` hears about every chunk as it ends."""
+    backfill_plan(start, end, chunk)
+    org = organisation(org_slug, actor)
+    row = integration(org, type_key, actor)
+    _prefect()
+    from integration_hub.flows.backfill import backfill_exports, progress_listener
+
+    with refused_when_busy(), progress_listener(on_chunk or (lambda _chunk: None)):
+        return backfill_exports(integration_id=row.id or 0, start=start, end=end, chunk=chunk)

@@ -16,6 +16,10 @@ class IntegrationNotFound(LookupError):
     pass
 
 
+class ExportNotReady(RuntimeError):
+    """The integration cannot export yet (no mapping, not configured); says what to do."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     integration: Integration

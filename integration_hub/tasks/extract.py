@@ -16,6 +16,9 @@ from sqlalchemy.engine import Engine
 from integration_hub.mappings.resolver import FAILURE_COLUMNS
 from integration_hub.models import Chapter, ClaimStatus, ExpenseClaim, Volunteer
 
+ID_BATCH = 5000
+"""Record ids per query when extracting given claims (keeps IN lists within every database's
+parameter limits)."""
 BOOKKEEPING_ZONE = ZoneInfo("Europe/Oslo")
 """Dates (windows, posting dates) are Norwegian calendar days."""
 
@@ -46,7 +49,12 @@ CLAIM_COLUMNS = {
 }
 
 
-def claims_query(organisation_id: int, since: date | None, until: date | None):  # type: ignore[no-untyped-def]
+def claims_query(  # type: ignore[no-untyped-def]
+    organisation_id: int,
+    since: date | None,
+    until: date | None,
+    record_ids: list[int] | None = None,
+):
     claim, volunteer, chapter = (
         ExpenseClaim.__table__,
         Volunteer.__table__,
@@ -78,6 +86,8 @@ def claims_query(organisation_id: int, since: date | None, until: date | None): 
         )
         .order_by(claim.c.id)
     )
+    if record_ids is not None:
+        query = query.where(claim.c.id.in_(record_ids))
     if since is not None:
         query = query.where(
             claim.c.approved_at >= datetime.combine(since, time.min, BOOKKEEPING_ZONE)
@@ -91,13 +101,27 @@ def claims_query(organisation_id: int, since: date | None, until: date | None): 
 
 
 def extract_claims(
-    engine: Engine, organisation_id: int, since: date | None = None, until: date | None = None
+    engine: Engine,
+    organisation_id: int,
+    since: date | None = None,
+    until: date | None = None,
+    record_ids: list[int] | None = None,
 ) -> pd.DataFrame:
-    """Approved claims whose approval date is within [since, until] (either end open)."""
+    """Approved claims whose approval date is within [since, until] (either end open), and
+    among ``record_ids`` when given (a retry: the current versions of those claims only)."""
+    if record_ids is None:
+        batches: list[list[int] | None] = [None]
+    else:
+        ids = sorted(set(record_ids))
+        batches = [ids[i : i + ID_BATCH] for i in range(0, len(ids), ID_BATCH)] or [[]]
     with engine.connect() as connection:
-        frame = pd.read_sql(
-            claims_query(organisation_id, since, until), connection, coerce_float=False
-        )
+        frames = [
+            pd.read_sql(
+                claims_query(organisation_id, since, until, batch), connection, coerce_float=False
+            )
+            for batch in batches
+        ]
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     approved = pd.to_datetime(frame.pop("approved_at"), utc=True, format="mixed")
     frame["approved_date"] = approved.dt.tz_convert(BOOKKEEPING_ZONE).dt.strftime("%Y-%m-%d")
     frame["expense_date"] = pd.to_datetime(frame["expense_date"]).dt.strftime("%Y-%m-%d")
@@ -148,3 +172,33 @@ def drop_already_exported(
         + "); correct the posted voucher by hand"
     )
     return claims[~same & ~changed], _skipped(claims[changed], reasons)
+
+
+def not_resent(
+    requested: list[tuple[int, int]],
+    extracted: pd.DataFrame,
+    kept: pd.DataFrame,
+    exported: dict[int, tuple[int, str | None]],
+) -> pd.DataFrame:
+    """For a retry: why a requested record is not sent again, so each one gets an outcome.
+
+    Either it went out meanwhile (a later run or an earlier attempt of this one), or it is no
+    longer an approved claim in the volunteer app.
+    """
+    extracted_ids = {int(i) for i in extracted["claim_id"]}
+    kept_ids = {int(i) for i in kept["claim_id"]}
+    current = dict(
+        zip(extracted["claim_id"].astype(int), extracted["version"].astype(int), strict=True)
+    )
+    rows = []
+    for record_id, version in requested:
+        if record_id in kept_ids:
+            continue
+        if record_id not in extracted_ids:
+            rows.append((record_id, version, "no longer an approved claim in the volunteer app"))
+        elif exported.get(record_id, (None, None))[0] == current[record_id]:
+            rows.append((record_id, current[record_id], "already exported by an earlier run"))
+    frame = pd.DataFrame(rows, columns=["record_id", "record_version", "reason"])
+    return frame.astype({"record_id": "int64", "record_version": "int64", "reason": "string"})[
+        FAILURE_COLUMNS
+    ]

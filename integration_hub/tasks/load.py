@@ -7,11 +7,13 @@ An answer that never came is reconciled by looking the keys up before anything i
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pandas as pd
 
@@ -26,6 +28,7 @@ from integration_hub.ledger import Ledger, PendingRecord
 from integration_hub.models import OutcomeStatus
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OUTCOME_COLUMNS = [
     "record_id",
@@ -118,10 +121,30 @@ def request_chunks(lines: pd.DataFrame, max_lines: int) -> Iterator[pd.DataFrame
         yield lines.iloc[begin:end]
 
 
-def _lookup_with_retry(adapter: Adapter, keys: list[str], policy: RetryPolicy) -> dict[str, str]:
+Hook = Callable[[], None] | None
+"""Called before every request to the target (pacing, lease checks); may raise ``RunAbort``."""
+
+
+def paced(adapter: Adapter, before_request: Hook, call: Callable[[], T]) -> T:
+    """Run one adapter call behind ``before_request``; a call that took several requests (paging)
+    is charged for the extra ones afterwards, so the next call waits for them."""
+    if before_request is None:
+        return call()
+    before_request()
+    sent = adapter.requests_sent
+    try:
+        return call()
+    finally:
+        for _ in range(adapter.requests_sent - sent - 1):
+            before_request()
+
+
+def _lookup_with_retry(
+    adapter: Adapter, keys: list[str], policy: RetryPolicy, before_request: Hook = None
+) -> dict[str, str]:
     for attempt in range(1, policy.attempts + 1):
         try:
-            return adapter.lookup(keys)
+            return paced(adapter, before_request, functools.partial(adapter.lookup, keys))
         except (TransientError, OutcomeUnknown) as exc:
             if attempt == policy.attempts:
                 raise OutcomeUnknown(f"could not check the target: {exc}") from None
@@ -129,12 +152,14 @@ def _lookup_with_retry(adapter: Adapter, keys: list[str], policy: RetryPolicy) -
     return {}
 
 
-def reconcile_pending(adapter: Adapter, ledger: Ledger, policy: RetryPolicy) -> dict[str, str]:
+def reconcile_pending(
+    adapter: Adapter, ledger: Ledger, policy: RetryPolicy, before_request: Hook = None
+) -> dict[str, str]:
     """Settle rows an earlier run left pending: confirm what the target has, release the rest."""
     pending = ledger.pending_keys()
     if not pending:
         return {}
-    found = _lookup_with_retry(adapter, pending, policy)
+    found = _lookup_with_retry(adapter, pending, policy, before_request)
     ledger.confirm(found)
     ledger.release([key for key in pending if key not in found])
     return found
@@ -148,15 +173,20 @@ def load_lines(
     run_id: int | None,
     policy: RetryPolicy | None = None,
     progress: Callable[[int, int], None] | None = None,
+    before_request: Hook = None,
 ) -> LoadReport:
-    """Send ``lines`` (whole records) and say for every record: exported or failed, and why."""
+    """Send ``lines`` (whole records) and say for every record: exported or failed, and why.
+
+    ``before_request`` runs before every request to the target: the pipeline paces requests
+    there (:class:`~integration_hub.tasks.pacing.Pacer`) and stops a run that lost its lease.
+    """
     policy = policy or RetryPolicy()
     report = LoadReport()
     if lines.empty:
         return report
     adapter.requests_sent = 0
     try:
-        reconciled = reconcile_pending(adapter, ledger, policy)
+        reconciled = reconcile_pending(adapter, ledger, policy, before_request)
     except (OutcomeUnknown, RunAbort) as exc:
         report.aborted = f"could not reconcile earlier unconfirmed exports: {exc}"
         report.add(records_of(lines), OutcomeStatus.FAILED, f"not sent: {report.aborted}")
@@ -177,7 +207,15 @@ def load_lines(
         if report.aborted:
             report.add(records_of(chunk), OutcomeStatus.FAILED, f"not sent: {report.aborted}")
             continue
-        _send_chunk(adapter, chunk, ledger=ledger, run_id=run_id, policy=policy, report=report)
+        _send_chunk(
+            adapter,
+            chunk,
+            ledger=ledger,
+            run_id=run_id,
+            policy=policy,
+            report=report,
+            before_request=before_request,
+        )
         sent += chunk["idempotency_key"].nunique()
         if progress:
             progress(sent, total)
@@ -194,6 +232,7 @@ def _send_chunk(
     run_id: int | None,
     policy: RetryPolicy,
     report: LoadReport,
+    before_request: Hook = None,
 ) -> None:
     records = records_of(chunk)
     ledger.mark_pending(
@@ -211,7 +250,7 @@ def _send_chunk(
         attempt += 1
         keys = list(remaining["idempotency_key"].unique())
         try:
-            result = adapter.load(remaining)
+            result = paced(adapter, before_request, functools.partial(adapter.load, remaining))
         except TransientError as exc:
             if attempt >= policy.attempts:
                 ledger.release(keys)
@@ -225,9 +264,11 @@ def _send_chunk(
             continue
         except OutcomeUnknown as exc:
             try:
-                found = _lookup_with_retry(adapter, keys, policy)
-            except OutcomeUnknown as lookup_exc:
+                found = _lookup_with_retry(adapter, keys, policy, before_request)
+            except (OutcomeUnknown, RunAbort) as lookup_exc:
                 # Leave the rows pending: the next run reconciles them before sending.
+                if isinstance(lookup_exc, RunAbort):
+                    report.aborted = str(lookup_exc)
                 report.add(
                     records_of(remaining),
                     OutcomeStatus.FAILED,

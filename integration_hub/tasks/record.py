@@ -9,7 +9,15 @@ import pandas as pd
 from sqlalchemy import func, insert, select
 
 from integration_hub.db import hub_session
-from integration_hub.models import OutcomeStatus, RecordOutcome, RunStatus, SyncRun, utcnow
+from integration_hub.models import (
+    ExportLedger,
+    LedgerState,
+    OutcomeStatus,
+    RecordOutcome,
+    RunStatus,
+    SyncRun,
+    utcnow,
+)
 
 OUTCOME_FRAME_COLUMNS = [
     "record_id",
@@ -31,6 +39,7 @@ def start_run(
     dry_run: bool,
     flow_run_id: str | None,
     mapping_version: int | None,
+    retry_of_run_id: int | None = None,
 ) -> int:
     with hub_session() as session:
         run = SyncRun(
@@ -42,6 +51,7 @@ def start_run(
             dry_run=dry_run,
             flow_run_id=flow_run_id,
             mapping_version=mapping_version,
+            retry_of_run_id=retry_of_run_id,
         )
         session.add(run)
         session.flush()
@@ -63,9 +73,26 @@ def outcome_frame(status: OutcomeStatus, records: pd.DataFrame) -> pd.DataFrame:
     return frame[OUTCOME_FRAME_COLUMNS]
 
 
+ID_QUERY_LIMIT = 9000
+"""Above this many records, one grouped query over the integration's failures beats IN lists."""
+
+
 def _previous_failures(integration_id: int, record_ids: list[int]) -> dict[tuple[int, int], int]:
+    """(record id, version) -> failed attempts so far, for ``record_ids``."""
     table = RecordOutcome.__table__
     counts: dict[tuple[int, int], int] = {}
+    if len(record_ids) > ID_QUERY_LIMIT:
+        wanted = set(record_ids)
+        with hub_session() as session:
+            rows = session.execute(
+                select(table.c.record_id, table.c.record_version, func.count())
+                .where(
+                    table.c.integration_id == integration_id,
+                    table.c.status == OutcomeStatus.FAILED.value,
+                )
+                .group_by(table.c.record_id, table.c.record_version)
+            )
+            return {(r, v): n for r, v, n in rows if r in wanted}
     with hub_session() as session:
         for start in range(0, len(record_ids), 900):
             chunk = record_ids[start : start + 900]
@@ -97,10 +124,11 @@ def finish_run(
     outcomes = outcomes.copy()
     amounts = details.set_index("record_id")["amount_ore"] if not details.empty else pd.Series()
     outcomes["amount_ore"] = outcomes["record_id"].map(amounts)
-    failed_ids = sorted(
-        {int(i) for i in outcomes.loc[outcomes["status"] == OutcomeStatus.FAILED, "record_id"]}
+    # Attempts count the tries to send a record: failed ones, and the one that finally worked.
+    tried_ids = sorted(
+        {int(i) for i in outcomes.loc[outcomes["status"] != OutcomeStatus.SKIPPED, "record_id"]}
     )
-    previous = _previous_failures(integration_id, failed_ids) if write_outcomes else {}
+    previous = _previous_failures(integration_id, tried_ids) if write_outcomes else {}
     summaries = _record_summaries(details)
     now = utcnow()
     rows = [
@@ -169,15 +197,106 @@ def finish_run(
 
 
 def fail_run(run_id: int, error: str) -> None:
-    """Mark a run that could not finish; its records keep no outcome rows of this run."""
+    """Mark a run that could not finish.
+
+    What it had already sent and the target confirmed (its ledger rows) still gets an
+    ``exported`` outcome of this run: a run that crashed after posting would otherwise leave those
+    records without any outcome, since later runs skip them as already exported.
+    """
+    ledger = ExportLedger.__table__
     with hub_session() as session:
         run = session.get(SyncRun, run_id)
         if run is None:
             return
+        recorded = session.execute(
+            select(func.count()).where(RecordOutcome.__table__.c.run_id == run_id)
+        ).scalar_one()
+        sent = (
+            []
+            if recorded
+            else session.execute(
+                select(
+                    ledger.c.record_id,
+                    ledger.c.record_version,
+                    ledger.c.record_type,
+                    ledger.c.idempotency_key,
+                    ledger.c.target_reference,
+                    ledger.c.amount_ore,
+                ).where(ledger.c.run_id == run_id, ledger.c.state == LedgerState.EXPORTED.value)
+            ).all()
+        )
+    previous = _previous_failures(run.integration_id, sorted({r.record_id for r in sent}))
+    now = utcnow()
+    with hub_session() as session:
+        run = session.get(SyncRun, run_id)
+        assert run is not None
+        if sent:
+            session.execute(
+                insert(RecordOutcome.__table__),
+                [
+                    {
+                        "run_id": run_id,
+                        "integration_id": run.integration_id,
+                        "record_type": r.record_type,
+                        "record_id": r.record_id,
+                        "record_version": r.record_version,
+                        "status": OutcomeStatus.EXPORTED.value,
+                        "reason": None,
+                        "target_reference": r.target_reference,
+                        "idempotency_key": r.idempotency_key,
+                        "attempt": previous.get((r.record_id, r.record_version), 0) + 1,
+                        "amount_ore": r.amount_ore,
+                        "summary": {},
+                        "created_at": now,
+                    }
+                    for r in sent
+                ],
+            )
+            run.exported = len(sent)
+            run.exported_amount_ore = sum(int(r.amount_ore) for r in sent)
         run.status = RunStatus.FAILED.value
         run.error = error[:2000]
-        run.finished_at = utcnow()
+        run.finished_at = now
         session.add(run)
+
+
+class NothingToRetry(ValueError):
+    """The run has no failed records."""
+
+
+def failed_records(run_id: int) -> tuple[int, list[tuple[int, int]]]:
+    """(integration id, [(record id, version)]) of a run's failed records, for a retry."""
+    table = RecordOutcome.__table__
+    with hub_session() as session:
+        run = session.get(SyncRun, run_id)
+        if run is None:
+            raise LookupError(f"run {run_id} does not exist")
+        rows = session.execute(
+            select(table.c.record_id, table.c.record_version)
+            .where(table.c.run_id == run_id, table.c.status == OutcomeStatus.FAILED.value)
+            .order_by(table.c.record_id)
+        ).all()
+    return run.integration_id, [(int(r), int(v)) for r, v in rows]
+
+
+FINISHED = (RunStatus.SUCCEEDED.value, RunStatus.PARTIAL.value)
+
+
+def finished_windows(integration_id: int, trigger: str) -> dict[tuple[date, date], int]:
+    """(window start, window end) -> run id of runs with ``trigger`` that finished (every record
+    got an outcome): how a restarted backfill recognises the chunks it already did."""
+    with hub_session() as session:
+        rows = session.execute(
+            select(SyncRun.id, SyncRun.window_start, SyncRun.window_end)
+            .where(
+                SyncRun.integration_id == integration_id,
+                SyncRun.trigger == trigger,
+                SyncRun.dry_run == False,  # noqa: E712
+                SyncRun.status.in_(FINISHED),  # type: ignore[attr-defined]
+            )
+            .order_by(SyncRun.id)  # type: ignore[arg-type]
+        ).all()
+    return {(start, end): run_id for run_id, start, end in rows if start and end}
 
 
 def run_summary(run: SyncRun) -> dict[str, Any]:
@@ -206,6 +325,9 @@ def run_summary(run: SyncRun) -> dict[str, Any]:
         "duration_s": duration,
         "error": run.error,
         "flow_run_id": run.flow_run_id,
+        "retry_of_run_id": run.retry_of_run_id,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
     }
 
 
