@@ -40,7 +40,6 @@ import secrets
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime
@@ -54,6 +53,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from integration_hub.sandbox.faults import FaultSwitches
 from integration_hub.sandbox.server import drop_connection, hang
 
 SCOPE = "https://api.businesscentral.dynamics.com/.default"
@@ -170,17 +170,8 @@ REQUEST_FAULTS = ("fail_5xx", "throttle", "drop_connection", "hang")
 COMMIT_FAULTS = ("commit_then_timeout", "commit_then_drop")
 """Faults that let a write commit and then spoil the answer; only a request that wrote."""
 
-
-def _check_fault_value(name: str, value: Any) -> Any:
-    if name == "hang_seconds":
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise SandboxSetupError("hang_seconds must be a number >= 0")
-        return float(value)
-    if name == "requests_per_second" and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SandboxSetupError(f"{name} must be an integer >= 0")
-    return value
+RATE_FAULT = "requests_per_second"
+"""The per-second admission limit field, and the fault a request over that limit meets."""
 
 
 DEFAULT_ACCOUNTS: tuple[tuple[str, str, str, str, bool, bool], ...] = (
@@ -716,12 +707,13 @@ class Tenant:
         self._lock = lock
         self.clients: dict[str, Client] = {}
         self.environments: dict[str, Environment] = {}
-        self.faults = Faults()
+        self._faults = FaultSwitches(
+            Faults(), REQUEST_FAULTS, COMMIT_FAULTS, RATE_FAULT, lock=lock, error=SandboxSetupError
+        )
         self.token_lifetime_s = TOKEN_LIFETIME_S
         self.requests = 0
         self.batches = 0
         self.token_requests = 0
-        self._admitted: deque[float] = deque()
 
     def add_client(
         self,
@@ -748,43 +740,23 @@ class Tenant:
             self.environments[name.lower()] = environment
             return environment
 
+    @property
+    def faults(self) -> Faults:
+        """The live fault switches (read them under the lock for a consistent view)."""
+        return self._faults.faults
+
     def set_faults(self, **changes: Any) -> Faults:
         """Set fault fields by name (validated); returns a copy of the resulting faults."""
-        names = {f.name for f in fields(Faults)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise SandboxSetupError(f"unknown fault field(s): {', '.join(unknown)}")
-        checked = {name: _check_fault_value(name, value) for name, value in changes.items()}
-        with self._lock:
-            for name, value in checked.items():
-                setattr(self.faults, name, value)
-            return Faults(**asdict(self.faults))
+        return self._faults.set(**changes)
 
     def begin_request(self) -> str | None:
         """Count an authenticated API request and decide which whole-request fault it meets."""
         with self._lock:
             self.requests += 1
-            for name in REQUEST_FAULTS:
-                if getattr(self.faults, name) > 0:
-                    setattr(self.faults, name, getattr(self.faults, name) - 1)
-                    return name
-            limit = self.faults.requests_per_second
-            if limit is not None:
-                now = time.monotonic()
-                while self._admitted and now - self._admitted[0] >= 1.0:
-                    self._admitted.popleft()
-                if len(self._admitted) >= limit:
-                    return "requests_per_second"
-                self._admitted.append(now)
-            return None
+            return self._faults.take_request_fault()
 
     def take_commit_fault(self) -> tuple[str | None, float]:
-        with self._lock:
-            for name in COMMIT_FAULTS:
-                if getattr(self.faults, name) > 0:
-                    setattr(self.faults, name, getattr(self.faults, name) - 1)
-                    return name, self.faults.hang_seconds
-            return None, self.faults.hang_seconds
+        return self._faults.take_commit_fault()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

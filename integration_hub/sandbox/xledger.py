@@ -21,10 +21,8 @@ import bisect
 import json
 import re
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -46,6 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from integration_hub.sandbox.faults import FaultSwitches
 from integration_hub.sandbox.server import drop_connection, hang
 
 MAX_INPUTS_PER_MUTATION = 500
@@ -182,17 +181,8 @@ REQUEST_FAULTS = ("fail_5xx", "drop_connection", "burst_limit", "insufficient_cr
 MUTATION_FAULTS = ("commit_then_timeout", "commit_then_drop")
 """Faults that let a mutation commit and then spoil the answer; checked after REQUEST_FAULTS."""
 
-
-def _check_fault_value(name: str, value: Any) -> Any:
-    if name == "hang_seconds":
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError("hang_seconds must be a number >= 0")
-        return float(value)
-    if name == "burst_per_second" and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0")
-    return value
+RATE_FAULT = "burst_per_second"
+"""The per-second admission limit field, and the fault a request over that limit meets."""
 
 
 def _reference(entry: Mapping[str, Any], kind: str, next_id: Callable[[], int]) -> dict[str, Any]:
@@ -242,12 +232,13 @@ class Company:
         self.ledger: list[dict[str, Any]] = []
         self.requests = 0
         self.mutations = 0
-        self.faults = Faults()
         self._lock = lock
+        self._faults = FaultSwitches(
+            Faults(), REQUEST_FAULTS, MUTATION_FAULTS, RATE_FAULT, lock=lock, error=ValueError
+        )
         self._accounts: dict[str, dict[str, Any]] = {}
         self._employees: dict[str, dict[str, Any]] = {}
         self._next_item_id = 1
-        self._admitted: deque[float] = deque()
         self.set_accounts(accounts)
         self.add_employees(employees)
 
@@ -303,44 +294,24 @@ class Company:
             self._employees = merged
 
     # -- faults --------------------------------------------------------------------------
+    @property
+    def faults(self) -> Faults:
+        """The live fault switches (read them under the lock for a consistent view)."""
+        return self._faults.faults
+
     def set_faults(self, **changes: Any) -> Faults:
         """Set fault fields by name (validated); returns a copy of the resulting faults."""
-        names = {f.name for f in fields(Faults)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"unknown fault field(s): {', '.join(unknown)}")
-        checked = {name: _check_fault_value(name, value) for name, value in changes.items()}
-        with self._lock:
-            for name, value in checked.items():
-                setattr(self.faults, name, value)
-            return Faults(**asdict(self.faults))
+        return self._faults.set(**changes)
 
     def begin_request(self) -> str | None:
         """Count an authenticated request and decide which whole-request fault it meets."""
         with self._lock:
             self.requests += 1
-            for name in REQUEST_FAULTS:
-                if getattr(self.faults, name) > 0:
-                    setattr(self.faults, name, getattr(self.faults, name) - 1)
-                    return name
-            limit = self.faults.burst_per_second
-            if limit is not None:
-                now = time.monotonic()
-                while self._admitted and now - self._admitted[0] >= 1.0:
-                    self._admitted.popleft()
-                if len(self._admitted) >= limit:
-                    return "burst_per_second"
-                self._admitted.append(now)
-            return None
+            return self._faults.take_request_fault()
 
     def take_mutation_fault(self) -> tuple[str | None, float]:
         """Pick the commit-then-fail fault for a mutation request, with the hang length."""
-        with self._lock:
-            for name in MUTATION_FAULTS:
-                if getattr(self.faults, name) > 0:
-                    setattr(self.faults, name, getattr(self.faults, name) - 1)
-                    return name, self.faults.hang_seconds
-            return None, self.faults.hang_seconds
+        return self._faults.take_commit_fault()
 
     # -- GL import items -----------------------------------------------------------------
     def ledger_snapshot(self) -> list[dict[str, Any]]:
