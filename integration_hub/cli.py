@@ -228,21 +228,24 @@ def setup_from_answers(
     lines.append(f"connection test: {result.status} in {result.elapsed_ms} ms: {result.detail}")
 
     mapping_answer = answers.get("mapping", "default")
-    if mapping_answer in (None, "default"):
-        document = load_template(adapter_type.default_mapping or "")
+    if adapter_type.default_mapping is None and mapping_answer in (None, "default"):
+        lines.append(f"field mapping: none ({adapter_type.display_name} needs no mapping)")
     else:
-        path = Path(str(mapping_answer))
-        document = load_mapping_file(path if path.is_absolute() else base_dir / path)
-    accept = bool(answers.get("accept_warnings", False))
-    try:
-        version, problems = config.save_mapping(row, document, who, accept_warnings=accept)
-    except WarningsNotAcknowledged as exc:
-        raise InvalidInput(
-            "the mapping was not saved: confirm the warnings with accept_warnings: true",
-            exc.warnings,
-        ) from None
-    lines.append(f"field mapping saved as version {version}")
-    lines += [f"  {p}" for p in problems]
+        if mapping_answer in (None, "default"):
+            document = load_template(adapter_type.default_mapping or "")
+        else:
+            path = Path(str(mapping_answer))
+            document = load_mapping_file(path if path.is_absolute() else base_dir / path)
+        accept = bool(answers.get("accept_warnings", False))
+        try:
+            version, problems = config.save_mapping(row, document, who, accept_warnings=accept)
+        except WarningsNotAcknowledged as exc:
+            raise InvalidInput(
+                "the mapping was not saved: confirm the warnings with accept_warnings: true",
+                exc.warnings,
+            ) from None
+        lines.append(f"field mapping saved as version {version}")
+        lines += [f"  {p}" for p in problems]
 
     schedule = answers.get("schedule")
     if schedule:
@@ -286,19 +289,22 @@ def setup_interactive(org: str, type_key: str) -> list[str]:
     result, _alert = alerts.check_connection(row, who)
     typer.echo(f"  {result.status} in {result.elapsed_ms} ms: {result.detail}")
     typer.echo("Step 3/5 field mapping")
-    _, document = config.current_mapping(row)
-    path = typer.prompt(
-        "  mapping file (Enter for the current/default one)", default="", show_default=False
-    )
-    if path:
-        document = load_mapping_file(Path(path))
-    problems = config.check_mapping(row, document, who)
-    for problem in problems:
-        typer.secho(f"  {problem}", fg=typer.colors.YELLOW)
-    accept = not problems or typer.confirm("  save the mapping despite these warnings?")
-    if accept:
-        version, _ = config.save_mapping(row, document, who, accept_warnings=True)
-        typer.echo(f"  saved as version {version}")
+    if adapter_type.default_mapping is None:
+        typer.echo(f"  none needed for {adapter_type.display_name}")
+    else:
+        _, document = config.current_mapping(row)
+        path = typer.prompt(
+            "  mapping file (Enter for the current/default one)", default="", show_default=False
+        )
+        if path:
+            document = load_mapping_file(Path(path))
+        problems = config.check_mapping(row, document, who)
+        for problem in problems:
+            typer.secho(f"  {problem}", fg=typer.colors.YELLOW)
+        accept = not problems or typer.confirm("  save the mapping despite these warnings?")
+        if accept:
+            version, _ = config.save_mapping(row, document, who, accept_warnings=True)
+            typer.echo(f"  saved as version {version}")
     typer.echo("Step 4/5 schedule")
     daily = typer.prompt("  run daily at (HH:MM, Enter for none)", default="", show_default=False)
     if daily:

@@ -387,3 +387,101 @@ def alerts(
         for entry in shown["recent"]:
             run = f" run {entry['run_id']}" if entry.get("run_id") else ""
             typer.echo(f"  {when(entry['at'])} {entry['event']}{run}: {entry['result']}")
+
+
+# -- Bufdir report -----------------------------------------------------------------------------
+@app.command("report")
+@friendly_errors
+def report(
+    org: str,
+    period: Annotated[
+        str,
+        typer.Option(
+            "--period", help="A closed year (2025) or half-year (2026-H1).", show_default=False
+        ),
+    ],
+    deliver: Annotated[
+        str, typer.Option("--deliver", help="file (upload in Bufdir's portal) or api (stand-in).")
+    ] = "file",
+    resubmit: Annotated[
+        bool, typer.Option("--resubmit", help="Send a period that was already reported again.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's logs.")] = False,
+) -> None:
+    """The Bufdir activity report for a closed period: file, or the stand-in API.
+
+    Exit 0 when every activity was counted or skipped, 1 when some failed (fix them in the app
+    and send again with --resubmit).
+    """
+    from integration_hub.prefect_env import configure_prefect
+    from integration_hub.services.sync import run_activity_report
+
+    configure_prefect(verbose=verbose)
+    summary = run_activity_report(org, actor(), period=period, deliver=deliver, resubmit=resubmit)
+    print_report(console(), summary)
+    raise typer.Exit(0 if summary["status"] == "succeeded" else 1)
+
+
+def report_failures(summary: dict[str, Any]) -> list[tuple[str, list[int]]]:
+    """Failed activities grouped by reason: (reason, record ids)."""
+    grouped: dict[str, list[int]] = {}
+    for failure in summary.get("failures", []):
+        grouped.setdefault(str(failure["reason"]), []).append(int(failure["record_id"]))
+    return list(grouped.items())
+
+
+def print_report(out: Any, summary: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    delivered = summary["report"]
+    out.print(
+        f"[bold]Bufdir report {delivered['period']} ({delivered['deliver']}): run "
+        f"{summary['run_id']}[/] {status(summary)}"
+        + (" (resubmission)" if delivered.get("resubmission_of") else "")
+    )
+    out.print(
+        f"  activities: counted {summary['exported']}, skipped {summary['skipped']}, "
+        f"failed {summary['failed']} (of {summary['extracted']})"
+    )
+    for reason, count in summary.get("skipped_reasons", {}).items():
+        out.print(f"  skipped {count} x {escape(str(reason))}")
+    for reason, ids in report_failures(summary):
+        shown = ", ".join(str(i) for i in ids[:10]) + (" …" if len(ids) > 10 else "")
+        out.print(f"  [yellow]failed {len(ids)} x[/] {escape(reason)} (activities {shown})")
+    totals = summary.get("municipalities") or []
+    if totals:
+        table = Table(title="Per municipality", title_justify="left")
+        for name in (
+            "municipality",
+            "activities",
+            "participants",
+            "participant days",
+            "volunteer hours",
+            "under 26",
+        ):
+            table.add_column(name, justify="left" if name == "municipality" else "right")
+        for row in totals:
+            table.add_row(
+                row["municipality_number"],
+                str(row["activities"]),
+                str(row["participants"]),
+                str(row["participant_days"]),
+                str(row["volunteer_hours"]),
+                str(row["participants_under_26"]),
+            )
+        out.print(table)
+    else:
+        out.print("  no activity was counted: the report has no rows")
+    out.print(f"  file:    {delivered['csv_path']}")
+    out.print(f"  SHA-256: {delivered['sha256']}")
+    out.print(f"  summary: {delivered['summary_path']}")
+    if delivered.get("instance_id"):
+        out.print(
+            f"  sent through the API stand-in: instance {delivered['instance_id']} "
+            f"({delivered.get('instance_status', '')})"
+        )
+    else:
+        out.print("  upload the file in Bufdir's portal")
+    if summary.get("failed"):
+        out.print("  fix the failed activities in the app, then send again with --resubmit")

@@ -3,6 +3,8 @@
 Seeds two organisations into the (SQLite) app database, starts the Xledger sandbox on a free
 port, configures Xledger for ``blindeforbundet`` through the same service calls the wizard
 uses, tests the connection and runs the export flow. A few claims fail for real reasons.
+Then Business Central for ``hlf``, and the Bufdir activity report of the last closed half-year
+for both (a file for blindeforbundet, the stand-in API for hlf).
 """
 
 from __future__ import annotations
@@ -270,14 +272,19 @@ def run_demo(*, verbose: bool = False) -> dict[str, Any]:
             f"from {company.mutations} addGLImportItems request(s)"
         )
     _demo_business_central(ids["hlf"])
+    _demo_bufdir(date.today())
     typer.secho("\nWhat to try next", bold=True)
     for command, why in (
         ("runs blindeforbundet xledger", "the export history"),
         ("credentials show blindeforbundet xledger", "masked, never plaintext"),
         ("mappings show blindeforbundet xledger", "toll -> 7145 is why three claims fail"),
+        (
+            f"report blindeforbundet --period {last_closed_half_year(date.today())} --resubmit",
+            "the Bufdir report again",
+        ),
         ("demo", "again: the failures retry, nothing is posted twice"),
     ):
-        typer.echo(f"  {_command_prefix()} {command:<45} # {why}")
+        typer.echo(f"  {_command_prefix()} {command:<52} # {why}")
     return summary
 
 
@@ -317,6 +324,69 @@ def _demo_business_central(organisation_id: int) -> None:
         summary = run_export("hlf", "dynamics", Actor("demo"), trigger="manual")
         typer.echo("")
         print_summary(summary)
+
+
+def last_closed_half_year(today: date) -> str:
+    """The most recent half-year that has ended before ``today``: ``2026-H1`` on 2026-11-24."""
+    if today.month >= 7:
+        return f"{today.year}-H1"
+    return f"{today.year - 1}-H2"
+
+
+def _demo_bufdir(today: date) -> None:
+    """Both organisations report their activities to Bufdir: blindeforbundet as a file for the
+    portal, hlf through the API client against the (stand-in) Bufdir sandbox."""
+    from integration_hub.cli import setup_from_answers
+    from integration_hub.cli_operations import report_failures
+    from integration_hub.sandbox.bufdir import BufdirSandboxState, create_bufdir_app
+    from integration_hub.sandbox.server import start_server
+    from integration_hub.services.configuration import Actor
+    from integration_hub.services.sync import ReportAlreadySubmitted, run_activity_report
+
+    period = last_closed_half_year(today)
+    state = BufdirSandboxState()
+    with start_server(create_bufdir_app(state)) as server:
+        typer.echo(f"\nBufdir sandbox (a stand-in: Bufdir publishes no API) on {server.url}")
+        for slug, deliver in (("blindeforbundet", "file"), ("hlf", "api")):
+            client_id = f"hub-{slug}"
+            client_secret = secrets.token_hex(20)
+            state.add_client(client_id, client_secret)
+            lines = setup_from_answers(
+                slug,
+                "bufdir",
+                {
+                    "base_url": server.url,
+                    "client_id": client_id,
+                    "credentials": {"client_secret": client_secret},
+                    "exclusions": ["draft"],
+                },
+            )
+            typer.secho(f"\nSetup wizard ({slug}, Bufdir)", bold=True)
+            for line in lines:
+                typer.echo(f"  {line}")
+            typer.secho(f"\nBufdir report {period} for {slug} ({deliver}) ...", bold=True)
+            try:
+                summary = run_activity_report(slug, Actor("demo"), period=period, deliver=deliver)
+            except ReportAlreadySubmitted as exc:
+                typer.echo(f"  already reported, nothing sent again: {exc}")
+                continue
+            report = summary["report"]
+            typer.echo(
+                f"  run {summary['run_id']} {summary['status']}: counted {summary['exported']}, "
+                f"skipped {summary['skipped']}, failed {summary['failed']} activities in "
+                f"{len(summary['municipalities'])} municipalities"
+            )
+            for reason, count in summary["skipped_reasons"].items():
+                typer.echo(f"  skipped {count} x {reason}")
+            for reason, ids in report_failures(summary):
+                typer.echo(f"  failed  {len(ids)} x {reason}")
+            typer.echo(f"  file:    {report['csv_path']}")
+            typer.echo(f"  SHA-256: {report['sha256']}")
+            if report.get("instance_id"):
+                typer.echo(
+                    f"  sent through the API stand-in: instance {report['instance_id']} "
+                    f"({report.get('instance_status', '')})"
+                )
 
 
 def _command_prefix() -> str:

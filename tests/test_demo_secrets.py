@@ -55,7 +55,8 @@ def test_demo_exports_and_leaks_no_plaintext(hub_env: str, prefect_harness: Path
             )
             for c in session.query(Credential).all()
         ]
-    assert len(secrets) == 2  # Xledger's API token and Business Central's client secret
+    # Xledger's API token, Business Central's client secret, both organisations' Bufdir secrets
+    assert len(secrets) == 4
     metadata = MetaData()
     metadata.reflect(hub_engine())
     with hub_engine().connect() as connection:

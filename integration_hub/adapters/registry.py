@@ -24,7 +24,7 @@ def register(adapter: type[Adapter]) -> type[Adapter]:
 
 
 def _load_builtin() -> None:
-    from integration_hub.adapters import dynamics, xledger  # noqa: F401
+    from integration_hub.adapters import bufdir, dynamics, xledger  # noqa: F401
 
 
 def get_type(key: str) -> type[Adapter]:

@@ -472,7 +472,11 @@ def set_status(integration_row: Integration, status: IntegrationStatus, actor: A
     with hub_session() as session:
         row = session.get(Integration, integration_row.id)
         assert row is not None
-        if status is IntegrationStatus.ACTIVE and latest_mapping(session, row.id or 0) is None:
+        if (
+            status is IntegrationStatus.ACTIVE
+            and get_type(row.type_key).default_mapping is not None  # a type that maps fields
+            and latest_mapping(session, row.id or 0) is None
+        ):
             raise InvalidInput("save a field mapping before activating the integration")
         row.status = status.value
         row.updated_at = utcnow()

@@ -16,7 +16,7 @@ from sqlmodel import select
 from integration_hub.db import hub_session
 from integration_hub.models import Integration, SyncRun
 from integration_hub.services.configuration import Actor, integration, organisation
-from integration_hub.services.errors import InvalidInput, NotFound
+from integration_hub.services.errors import InvalidInput, NotFound, ServiceError
 from integration_hub.services.guards import refused_when_busy
 
 
@@ -120,3 +120,89 @@ def run_backfill(
 
     with refused_when_busy(), progress_listener(on_chunk or (lambda _chunk: None)):
         return backfill_exports(integration_id=row.id or 0, start=start, end=end, chunk=chunk)
+
+
+# -- Bufdir activity report ----------------------------------------------------------------------
+def run_activity_report(
+    org_slug: str,
+    actor: Actor,
+    *,
+    period: str,
+    deliver: str = "file",
+    resubmit: bool = False,
+) -> dict[str, Any]:
+    """Run the ``bufdir-report`` flow for ORG's Bufdir integration and return its summary.
+
+    The summary gains ``municipalities``: the report's totals per municipality (from the file).
+    """
+    if deliver not in ("file", "api"):
+        raise InvalidInput(f"--deliver must be file or api, not {deliver!r}")
+    org = organisation(org_slug, actor)
+    row = integration(org, "bufdir", actor)
+    _prefect()
+    from integration_hub.flows.bufdir_report import (
+        AlreadySubmitted,
+        ReportNotDelivered,
+        export_activities,
+        previous_submissions,
+    )
+    from integration_hub.tasks.activities import PeriodError, closed_period, parse_period
+
+    try:
+        # Checked here too, so a refusal starts no flow run (and logs no flow failure).
+        earlier = previous_submissions(row.id or 0, closed_period(period))
+        if earlier and not resubmit:
+            raise AlreadySubmitted(closed_period(period).label, earlier)
+        with refused_when_busy():
+            summary = export_activities(
+                integration_id=row.id or 0, period=period, resubmit=resubmit, deliver=deliver
+            )
+    except PeriodError as exc:
+        raise InvalidInput(str(exc)) from None
+    except AlreadySubmitted as exc:
+        last = exc.runs[-1]
+        raise ReportAlreadySubmitted(
+            f"the Bufdir report for {parse_period(period).label} was already delivered "
+            f"(run {last['run_id']}, {last['finished_at'] or 'unknown time'}, "
+            f"{last['deliver']}); pass --resubmit to send it again",
+            exc.runs,
+        ) from None
+    except ReportNotDelivered as exc:
+        raise ServiceError(f"the Bufdir report was not delivered: {exc}") from None
+    summary["municipalities"] = municipality_totals(summary["report"]["csv_path"])
+    return summary
+
+
+class ReportAlreadySubmitted(ServiceError):
+    """The period already has a delivered report; ``runs`` are the earlier deliveries."""
+
+    def __init__(self, message: str, runs: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.runs = runs
+
+
+def municipality_totals(csv_path: str) -> list[dict[str, Any]]:
+    """The report file's rows summed per municipality (chapters merged), sorted by number."""
+    import csv
+    from decimal import Decimal
+    from pathlib import Path
+
+    totals: dict[str, dict[str, Any]] = {}
+    with Path(csv_path).open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle, delimiter=";"):
+            number = row["municipality_number"]
+            entry = totals.setdefault(
+                number,
+                {
+                    "municipality_number": number,
+                    "activities": 0,
+                    "participants": 0,
+                    "participant_days": 0,
+                    "volunteer_hours": Decimal("0.00"),
+                    "participants_under_26": 0,
+                },
+            )
+            for name in ("activities", "participants", "participant_days", "participants_under_26"):
+                entry[name] += int(row[name])
+            entry["volunteer_hours"] += Decimal(row["volunteer_hours"])
+    return [totals[k] for k in sorted(totals)]
