@@ -62,15 +62,3 @@ def mileage_ore(km_tenths: int, rate_ore_per_km: int) -> int:
     """Mileage allowance in øre from distance in tenths of km, rounded half-even to whole øre."""
     exact = Decimal(int(km_tenths)) * Decimal(int(rate_ore_per_km)) / 10
     return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
-
-
-def format_amounts(ore_values):  # type: ignore[no-untyped-def]
-    """Vectorised :func:`format_amount` for a pandas Series of integer øre."""
-    import pandas as pd
-
-    values = ore_values.astype("int64")
-    sign = values.lt(0).map({True: "-", False: ""})
-    absolute = values.abs()
-    whole = (absolute // ORE_PER_KRONE).astype(str)
-    cents = (absolute % ORE_PER_KRONE).astype(str).str.zfill(2)
-    return pd.Series(sign + whole + "." + cents, index=ore_values.index, dtype="string")

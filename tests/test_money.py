@@ -1,12 +1,10 @@
 from decimal import Decimal
 
-import pandas as pd
 import pytest
 
 from integration_hub.money import (
     MoneyError,
     format_amount,
-    format_amounts,
     format_nok,
     mileage_ore,
     to_decimal,
@@ -29,11 +27,6 @@ def test_format_amount_is_exact(ore: int, text: str) -> None:
     assert format_amount(ore) == text
     assert to_ore(text) == ore
     assert to_decimal(ore) == Decimal(text)
-
-
-def test_vectorised_format_matches_scalar() -> None:
-    values = pd.Series([10100, -5, 0, 99, -123456789], dtype="int64")
-    assert list(format_amounts(values)) == [format_amount(v) for v in values]
 
 
 def test_floats_and_fractions_of_ore_are_refused() -> None:

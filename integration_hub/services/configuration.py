@@ -161,15 +161,6 @@ def integration(
         return row
 
 
-def integration_by_id(integration_id: int, actor: Actor) -> Integration:
-    with hub_session() as session:
-        row = session.get(Integration, integration_id)
-    if row is None:
-        raise NotFound(f"integration {integration_id} does not exist")
-    actor.check(row.organisation_id)
-    return row
-
-
 def save_configuration(integration_row: Integration, values: dict[str, str], actor: Actor) -> None:
     """Store settings and secrets. A blank secret or a submitted mask keeps the stored one."""
     actor.check(integration_row.organisation_id)
