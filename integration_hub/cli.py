@@ -579,7 +579,7 @@ def demo(
 
 # Command groups kept in their own modules register themselves on ``app`` when imported; they
 # import heavy modules inside their commands so ``--help`` stays instant.
-from integration_hub import cli_operations, cli_scheduling  # noqa: E402, F401
+from integration_hub import cli_operations, cli_scheduling, cli_web  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -31,6 +31,16 @@ class Settings(BaseSettings):
     vault_keys: str | None = None
     """Alternative to the key file: ``"1:<base64>,2:<base64>"``, the highest version primary."""
     prefect_ui_url: str | None = None
+    web_host: str = "127.0.0.1"
+    web_port: int = 8300
+    web_secure_cookies: bool = True
+    """Session cookies only over HTTPS (browsers treat http://127.0.0.1 and localhost as secure)."""
+    web_session_hours: int = 8
+    idp_public_key: str | None = None
+    """PEM public key of the volunteer app's identity provider, for bearer tokens on the API."""
+    idp_public_key_file: Path | None = None
+    idp_issuer: str | None = None
+    idp_audience: str = "integration-hub"
 
     @property
     def hub_url(self) -> str:

@@ -237,6 +237,16 @@ def webhook_receiver(_webhook_server: WebhookReceiver) -> WebhookReceiver:
 # =============================================================================================
 # Business Central sandbox
 # =============================================================================================
+@pytest.fixture
+def web(hub_env: str, vault_key: Path, xledger_sandbox: tuple[Any, Any]) -> Any:
+    """The web app over a fresh hub: organisations hlf and blindeforbundet (every integration
+    type offered), their admins, an operator, and the Xledger sandbox (tests/webworld.py)."""
+    from webworld import build_world
+
+    state, server = xledger_sandbox
+    return build_world(state, server.url)
+
+
 @pytest.fixture(scope="session")
 def dynamics_sandbox() -> Iterator[tuple[Any, Any]]:
     """One Business Central sandbox server per session; tests provision their own tenants."""

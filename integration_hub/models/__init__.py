@@ -27,8 +27,12 @@ from integration_hub.models.hub import (
     RateLimitSlot,
     RecordOutcome,
     RunStatus,
+    SignInThrottle,
     SyncRun,
     SyncSchedule,
+    User,
+    UserRole,
+    WebSession,
     utcnow,
 )
 
@@ -56,8 +60,12 @@ __all__ = [
     "RateLimitSlot",
     "RecordOutcome",
     "RunStatus",
+    "SignInThrottle",
     "SyncRun",
     "SyncSchedule",
+    "User",
+    "UserRole",
     "Volunteer",
+    "WebSession",
     "utcnow",
 ]

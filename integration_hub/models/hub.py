@@ -83,6 +83,9 @@ class Integration(SQLModel, table=True):
     last_test_status: str | None = Field(default=None, max_length=40)
     last_test_detail: str | None = Field(default=None, max_length=500)
     last_test_at: datetime | None = _ts()
+    setup_step: str | None = Field(
+        default=None, max_length=20, description="The setup wizard's resume point; None when done"
+    )
     created_at: datetime = _ts(now=True)
     updated_at: datetime = _ts(now=True)
 
@@ -262,6 +265,52 @@ class AuditEntry(SQLModel, table=True):
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
+class UserRole(StrEnum):
+    ADMIN = "admin"  # manages one organisation's integrations
+    OPERATOR = "operator"  # reads every organisation's and may retry runs
+
+
+class User(SQLModel, table=True):
+    """Someone who signs in to the web app. The password is only ever stored as an Argon2 hash."""
+
+    __tablename__ = "hub_users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True, max_length=254)
+    display_name: str = Field(default="", max_length=120)
+    password_hash: str = Field(max_length=200)
+    role: str = Field(default=UserRole.ADMIN, max_length=20)
+    organisation_id: int | None = Field(default=None, index=True)
+    disabled: bool = False
+    created_at: datetime = _ts(now=True)
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in browser. The cookie holds a random token; only its SHA-256 is stored."""
+
+    __tablename__ = "hub_web_sessions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True, max_length=64)
+    user_id: int = Field(foreign_key="hub_users.id", index=True)
+    csrf_token: str = Field(max_length=64)
+    language: str = Field(default="nb", max_length=5)
+    created_at: datetime = _ts(now=True)
+    expires_at: datetime = _ts(now=True)
+
+
+class SignInThrottle(SQLModel, table=True):
+    """Failed sign-ins per e-mail address and per client address, to slow down guessing."""
+
+    __tablename__ = "hub_sign_in_throttle"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=300)
+    failures: int = 0
+    window_started_at: datetime = _ts(now=True)
+    locked_until: datetime | None = _ts()
+
+
 HUB_TABLES = frozenset(
     m.__tablename__
     for m in (
@@ -277,5 +326,8 @@ HUB_TABLES = frozenset(
         ExportLease,
         RateLimitSlot,
         AuditEntry,
+        User,
+        WebSession,
+        SignInThrottle,
     )
 )

@@ -53,7 +53,10 @@ def check_webhook_url(url: str) -> None:
 
 
 def _channel(org: Organisation, actor: Actor, *, create: bool) -> Integration | None:
-    actor.check(org.id or 0)
+    if create:
+        actor.check_change(org.id or 0)
+    else:
+        actor.check(org.id or 0)
     with hub_session() as session:
         row = notify.channel(session, org.id or 0)
         if row is None and create:
@@ -90,6 +93,7 @@ def set_webhook(org_slug: str, url: str, actor: Actor) -> str:
 def remove_webhook(org_slug: str, actor: Actor) -> bool:
     """Forget the webhook; False when none was registered."""
     org = config.organisation(org_slug, actor)
+    actor.check_change(org.id or 0)
     row = _channel(org, actor, create=False)
     if row is None:
         return False

@@ -48,17 +48,36 @@ from integration_hub.vault import CredentialVault, is_mask
 
 @dataclass(frozen=True)
 class Actor:
-    """Who is acting: an organisation admin (``organisation_id``) or an operator (None)."""
+    """Who is acting, and so what they may see and change.
+
+    - ``admin``: one organisation's admin (``organisation_id``): reads and changes only that
+      organisation's integrations;
+    - ``operator``: reads every organisation's integrations and may retry runs, changes nothing;
+    - ``local``: someone at the hub's own command line, who holds the vault key anyway.
+    """
 
     name: str
     organisation_id: int | None = None
+    role: str = "local"
 
     def check(self, organisation_id: int) -> None:
+        """May this actor see ``organisation_id``'s integrations?"""
         if self.organisation_id is not None and self.organisation_id != organisation_id:
             raise Forbidden("you can only manage your own organisation's integrations")
 
+    def check_change(self, organisation_id: int) -> None:
+        """May this actor change ``organisation_id``'s integrations?"""
+        self.check(organisation_id)
+        if self.role == "operator":
+            raise Forbidden("operators can read and retry runs, not change configuration")
+
+    @property
+    def is_local(self) -> bool:
+        return self.role == "local" and self.organisation_id is None
+
 
 OPERATOR = Actor("operator")
+"""The hub's command line (role ``local``)."""
 
 
 def audit(
@@ -109,8 +128,8 @@ def enabled_flags(organisation_id: int) -> set[str]:
 
 
 def set_feature_flag(organisation_id: int, flag: str, enabled: bool, actor: Actor) -> None:
-    if actor.organisation_id is not None:
-        raise Forbidden("only an operator can change which integrations are offered")
+    if not actor.is_local:
+        raise Forbidden("only the hub's operators at its command line change what is offered")
     with hub_session() as session:
         row = session.exec(
             select(FeatureFlag).where(
@@ -138,7 +157,10 @@ def integration(
     org: Organisation, type_key: str, actor: Actor, *, create: bool = False
 ) -> Integration:
     """The organisation's integration of a type the feature flags offer it."""
-    actor.check(org.id or 0)
+    if create:
+        actor.check_change(org.id or 0)
+    else:
+        actor.check(org.id or 0)
     adapter_type = get_type(type_key)
     if feature_flag(type_key) not in enabled_flags(org.id or 0):
         raise Forbidden(f"{adapter_type.display_name} is not offered to {org.name}")
@@ -163,7 +185,7 @@ def integration(
 
 def save_configuration(integration_row: Integration, values: dict[str, str], actor: Actor) -> None:
     """Store settings and secrets. A blank secret or a submitted mask keeps the stored one."""
-    actor.check(integration_row.organisation_id)
+    actor.check_change(integration_row.organisation_id)
     model = get_type(integration_row.type_key).config_model
     secret_names = set(model.secret_fields())
     unknown = sorted(set(values) - set(model.model_fields))
@@ -329,7 +351,7 @@ def save_mapping(
     accept_warnings: bool = False,
 ) -> tuple[int, list[Problem]]:
     """Save a new mapping version. Errors refuse; warnings need ``accept_warnings``."""
-    actor.check(integration_row.organisation_id)
+    actor.check_change(integration_row.organisation_id)
     document = mapping if isinstance(mapping, MappingDocument) else parse_mapping(mapping)
     problems = check_mapping(integration_row, document, actor)
     if has_errors(problems):
@@ -392,7 +414,7 @@ def validate_schedule(cron: str, timezone: str) -> None:
 def set_schedule(
     integration_row: Integration, cron: str, timezone: str, enabled: bool, actor: Actor
 ) -> SyncSchedule:
-    actor.check(integration_row.organisation_id)
+    actor.check_change(integration_row.organisation_id)
     validate_schedule(cron, timezone)
     with hub_session() as session:
         row = session.exec(
@@ -434,7 +456,7 @@ def list_exclusions(integration_row: Integration) -> list[str]:
 
 def set_exclusions(integration_row: Integration, categories: list[str], actor: Actor) -> list[str]:
     """Replace the excluded categories (unknown ones are refused, nothing changed)."""
-    actor.check(integration_row.organisation_id)
+    actor.check_change(integration_row.organisation_id)
     choices = exclusion_choices(integration_row)
     unknown = sorted(set(categories) - set(choices))
     if unknown:
@@ -459,7 +481,7 @@ def set_exclusions(integration_row: Integration, categories: list[str], actor: A
 
 
 def set_status(integration_row: Integration, status: IntegrationStatus, actor: Actor) -> None:
-    actor.check(integration_row.organisation_id)
+    actor.check_change(integration_row.organisation_id)
     with hub_session() as session:
         row = session.get(Integration, integration_row.id)
         assert row is not None

@@ -15,6 +15,18 @@ class Forbidden(ServiceError):
     pass
 
 
+class Unauthorized(ServiceError):
+    """No valid sign-in: a wrong password, an expired session or a token we cannot verify."""
+
+
+class TooManyAttempts(ServiceError):
+    """Sign-in is locked for a while after repeated failures."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class InvalidInput(ServiceError):
     """Bad input; ``problems`` lists every issue so it can be fixed in one round."""
 

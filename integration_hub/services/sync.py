@@ -41,6 +41,7 @@ def run_export(
         raise InvalidInput(f"--since {since} is after --until {until}")
     org = organisation(org_slug, actor)
     row = integration(org, type_key, actor)
+    actor.check_change(row.organisation_id)
     _prefect()
     from integration_hub.flows.export_expense_claims import export_expense_claims
 
@@ -115,6 +116,7 @@ def run_backfill(
     backfill_plan(start, end, chunk)
     org = organisation(org_slug, actor)
     row = integration(org, type_key, actor)
+    actor.check_change(row.organisation_id)
     _prefect()
     from integration_hub.flows.backfill import backfill_exports, progress_listener
 
@@ -139,6 +141,7 @@ def run_activity_report(
         raise InvalidInput(f"--deliver must be file or api, not {deliver!r}")
     org = organisation(org_slug, actor)
     row = integration(org, "bufdir", actor)
+    actor.check_change(row.organisation_id)
     _prefect()
     from integration_hub.flows.bufdir_report import (
         AlreadySubmitted,

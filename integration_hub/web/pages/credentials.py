@@ -1,0 +1,7 @@
+"""Placeholder router, filled in by the credentials screen."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(include_in_schema=False)
