@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlmodel import select
 
@@ -11,6 +13,8 @@ from integration_hub.models import Integration, SyncRun
 from integration_hub.services.configuration import Actor
 from integration_hub.tasks.notify import flow_run_link
 from integration_hub.tasks.record import run_summary
+
+OSLO = ZoneInfo("Europe/Oslo")
 
 
 def run_entry(run: SyncRun) -> dict[str, Any]:
@@ -30,3 +34,35 @@ def list_runs(
         query = query.limit(limit)
     with hub_session() as session:
         return [run_entry(run) for run in session.exec(query).all()]
+
+
+def daily_counts(
+    integration: Integration, actor: Actor, *, days: int = 14, today: date | None = None
+) -> list[dict[str, Any]]:
+    """Exported and failed records per day (Oslo time) for the last ``days`` days, oldest
+    first, every day present (zeros included), for the health monitor's chart. Dry runs sent
+    nothing and are left out; a retry's exports count on the day of the retry."""
+    actor.check(integration.organisation_id)
+    today = today or datetime.now(OSLO).date()
+    first = today - timedelta(days=days - 1)
+    since = datetime.combine(first, time(0), OSLO)
+    with hub_session() as session:
+        runs = session.exec(
+            select(SyncRun).where(
+                SyncRun.integration_id == integration.id,
+                SyncRun.dry_run == False,  # noqa: E712
+                SyncRun.started_at >= since,  # type: ignore[operator]
+            )
+        ).all()
+    buckets = {first + timedelta(days=i): [0, 0] for i in range(days)}
+    for run in runs:
+        if run.started_at is None:
+            continue
+        day = run.started_at.astimezone(OSLO).date()
+        if day in buckets:
+            buckets[day][0] += run.exported
+            buckets[day][1] += run.failed
+    return [
+        {"day": day.isoformat(), "exported": exported, "failed": failed}
+        for day, (exported, failed) in sorted(buckets.items())
+    ]

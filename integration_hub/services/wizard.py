@@ -1,0 +1,82 @@
+"""The setup wizard's steps and where a person left off, so the wizard can be resumed.
+
+The resume point is ``Integration.setup_step``; it only moves forward as steps are completed, and
+becomes None when the integration is activated. Each step's own work (credentials, connection
+test, mapping, schedule, exclusions) is done by the configuration services; this module only
+keeps the order.
+"""
+
+from __future__ import annotations
+
+from integration_hub.adapters.registry import get_type
+from integration_hub.db import hub_session
+from integration_hub.models import Integration, IntegrationStatus, utcnow
+from integration_hub.services import configuration as config
+from integration_hub.services.configuration import Actor
+from integration_hub.services.errors import InvalidInput, NotFound
+
+ALL_STEPS = ("credentials", "test", "mapping", "schedule", "exclusions", "review")
+
+
+def steps_for(type_key: str) -> tuple[str, ...]:
+    """The wizard's steps for a type (Bufdir maps no fields, so it has no mapping step)."""
+    maps_fields = get_type(type_key).default_mapping is not None
+    return tuple(s for s in ALL_STEPS if s != "mapping" or maps_fields)
+
+
+def check_step(type_key: str, step: str) -> None:
+    if step not in steps_for(type_key):
+        raise NotFound(f"the setup of {get_type(type_key).display_name} has no step {step!r}")
+
+
+def start(org_slug: str, type_key: str, actor: Actor) -> Integration:
+    """The organisation's integration of ``type_key``, created (in draft) when it is new."""
+    org = config.organisation(org_slug, actor)
+    try:
+        return config.integration(org, type_key, actor)
+    except NotFound:
+        pass
+    row = config.integration(org, type_key, actor, create=True)
+    return _set_step(row, steps_for(type_key)[0])
+
+
+def resume_step(row: Integration) -> str:
+    """Where the wizard continues: the stored step, or the first step of a finished setup."""
+    steps = steps_for(row.type_key)
+    return row.setup_step if row.setup_step in steps else steps[0]
+
+
+def complete(row: Integration, step: str, actor: Actor) -> str:
+    """Mark ``step`` done and return the next step (the resume point never moves back)."""
+    actor.check_change(row.organisation_id)
+    steps = steps_for(row.type_key)
+    check_step(row.type_key, step)
+    following = steps[min(steps.index(step) + 1, len(steps) - 1)]
+    current = row.setup_step
+    if current is not None and current in steps and steps.index(current) >= steps.index(following):
+        return following
+    if current is None and row.status != IntegrationStatus.DRAFT:
+        return following  # an activated integration being edited keeps no resume point
+    _set_step(row, following)
+    return following
+
+
+def activate(row: Integration, actor: Actor) -> None:
+    """The wizard's last step: the integration goes active and the wizard is finished."""
+    if row.last_test_status != "ok":
+        raise InvalidInput("test the connection successfully before activating")
+    config.set_status(row, IntegrationStatus.ACTIVE, actor)
+    _set_step(row, None)
+
+
+def _set_step(row: Integration, step: str | None) -> Integration:
+    with hub_session() as session:
+        stored = session.get(Integration, row.id)
+        assert stored is not None
+        stored.setup_step = step
+        stored.updated_at = utcnow()
+        session.add(stored)
+        session.flush()
+        session.refresh(stored)
+        session.expunge(stored)
+    return stored
