@@ -130,8 +130,12 @@ def serve(
         typer.Option(help="Seconds between pushes of the hub's schedules (0: only at start)."),
     ] = 60.0,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's logs.")] = False,
+    web: Annotated[
+        bool, typer.Option("--web/--no-web", help="Also serve the admin web app and REST API.")
+    ] = True,
 ) -> None:
-    """Run exports on schedule: serve the deployments, push the hub's schedules.
+    """Run exports on schedule: serve the deployments, push the hub's schedules, and serve the
+    admin web app (INTEGRATIONS_WEB_HOST/PORT, default 127.0.0.1:8300).
 
     Starts a local Prefect server (state in var/prefect) unless PREFECT_API_URL is set, and
     prints where its UI is. Ctrl-C or SIGTERM stops it; schedules stay active.
@@ -139,6 +143,6 @@ def serve(
     from integration_hub.serving import serve as run_serve
 
     try:
-        run_serve(port=port, verbose=verbose, resync_seconds=resync, echo=typer.echo)
+        run_serve(port=port, verbose=verbose, resync_seconds=resync, web=web, echo=typer.echo)
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down: still a clean stop
         typer.echo("Stopped.")

@@ -186,11 +186,20 @@ def sigterm_stops() -> Iterator[None]:
 
 
 def _is_interruption(exc: BaseException) -> bool:
-    """Ctrl-C or SIGTERM, also when it reaches us wrapped by a task group or as cancellation."""
-    if isinstance(exc, KeyboardInterrupt | Stop | asyncio.CancelledError):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_is_interruption(inner) for inner in exc.exceptions)
+    """Ctrl-C or SIGTERM, also when it reaches us wrapped by a task group, as cancellation, or
+    as the error a library raised while being cancelled (Ctrl-C during the Runner's start-up
+    surfaces as anyio's "cancel scope" RuntimeError raised while handling the cancellation)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, KeyboardInterrupt | Stop | asyncio.CancelledError):
+            return True
+        if isinstance(current, BaseExceptionGroup) and all(
+            _is_interruption(inner) for inner in current.exceptions
+        ):
+            return True
+        current = current.__cause__ or current.__context__
     return False
 
 
@@ -206,16 +215,21 @@ def serve(
     port: int = DEFAULT_PORT,
     verbose: bool = False,
     resync_seconds: float = 60.0,
+    web: bool = True,
     echo: Echo = print,
 ) -> None:
-    """Serve the deployments until Ctrl-C or SIGTERM; see the module docstring."""
+    """Serve the deployments (and the admin web app) until Ctrl-C or SIGTERM; see the module
+    docstring."""
     from integration_hub.prefect_env import configure_prefect
     from integration_hub.settings import get_settings
 
     configure_prefect(verbose=verbose)
     server: LocalServer | None = None
+    web_server = None
     with sigterm_stops():
         try:
+            if web:
+                web_server = start_web(echo)
             api_url = os.environ.get("PREFECT_API_URL")
             if api_url:
                 echo(f"Using the Prefect server at {api_url} (PREFECT_API_URL)")
@@ -233,10 +247,28 @@ def serve(
             if not _is_interruption(exc):
                 raise
         finally:
+            if web_server is not None:
+                web_server.stop()
             if server is not None:
                 echo("Stopping the local Prefect server ...")
                 server.stop()
     echo("Stopped. Schedules stay active in Prefect; they run again when serve starts.")
+
+
+def start_web(echo: Echo) -> Any:
+    """The admin web app and REST API in a thread beside the Runner (settings web_host/port)."""
+    from integration_hub.sandbox.server import start_server
+    from integration_hub.settings import get_settings
+    from integration_hub.web.app import create_app
+
+    settings = get_settings()
+    if port_in_use(settings.web_port, settings.web_host):
+        raise InvalidInput(
+            f"port {settings.web_port} is taken; set INTEGRATIONS_WEB_PORT or pass --no-web"
+        )
+    running = start_server(create_app(), settings.web_host, settings.web_port)
+    echo(f"Admin web app: {running.url}/  (REST API: {running.url}/api/v1/docs)")
+    return running
 
 
 def _serve_with(api_url: str, ui_url: str, *, resync: float, echo: Echo) -> None:

@@ -187,6 +187,7 @@ def test_a_due_schedule_runs_the_export_unattended_and_lands_in_the_history(
         "PREFECT_API_URL": prefect_server.api_url,
         "PREFECT_HOME": str(tmp_path / "serve-prefect"),
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "INTEGRATIONS_WEB_PORT": str(web_port := free_port()),
     }
     serve = Serve(["--resync", "1"], env, tmp_path / "serve.log")
     due_soon = None
@@ -194,6 +195,9 @@ def test_a_due_schedule_runs_the_export_unattended_and_lands_in_the_history(
         serve.wait_for("Running on schedule", timeout=60)
         assert f"Using the Prefect server at {prefect_server.api_url}" in serve.output
         assert f"Prefect UI: {prefect_server.ui_url}" in serve.output
+        web_url = f"http://127.0.0.1:{web_port}"
+        assert f"Admin web app: {web_url}/" in serve.output  # serve also serves the web app
+        assert httpx.get(f"{web_url}/sign-in", timeout=10).status_code == 200
 
         with _client(prefect_server.api_url) as client:
             deployment = client.read_deployment_by_name(EXPORT_EXPENSE_CLAIMS.full_name)
@@ -318,7 +322,7 @@ def test_serve_starts_its_own_server_under_var_and_ctrl_c_stops_everything(
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
-    serve = Serve(["--port", str(port)], env, tmp_path / "serve.log")
+    serve = Serve(["--port", str(port), "--no-web"], env, tmp_path / "serve.log")
     try:
         serve.wait_for("Running on schedule", timeout=90)
         output = serve.output

@@ -207,3 +207,29 @@ def test_a_token_signed_with_another_key_or_hs256_is_refused(web: Any, idp_key: 
     for token in (forged, symmetric):
         response = web.client().get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 401
+
+
+def test_users_add_on_the_command_line_then_sign_in(hub_env: str) -> None:
+    from factories import seed_organisation
+    from typer.testing import CliRunner
+
+    from integration_hub.cli import app
+
+    seed_organisation("hlf", [])
+    runner = CliRunner()
+    created = runner.invoke(
+        app, ["users", "add", "Kari@HLF.test", "--org", "hlf"], input=f"{PASSWORD}\n"
+    )
+    assert created.exit_code == 0, created.output
+    assert "Created admin kari@hlf.test of hlf." in created.output
+    assert PASSWORD not in created.output
+    refused = runner.invoke(app, ["users", "add", "kari@hlf.test", "--org", "hlf"], input="short\n")
+    assert refused.exit_code == 2
+    assert "at least 12 characters" in refused.output and "already an account" in refused.output
+    listed = runner.invoke(app, ["users", "list"])
+    assert "kari@hlf.test\tadmin" in listed.output and "$argon2" not in listed.output
+
+    from integration_hub.services import accounts
+
+    signed_in = accounts.sign_in("kari@hlf.test", PASSWORD, client="test")
+    assert signed_in.actor.role == "admin" and signed_in.actor.organisation_id is not None
