@@ -283,6 +283,8 @@ def run_demo(*, verbose: bool = False) -> dict[str, Any]:
             "the Bufdir report again",
         ),
         ("demo", "again: the failures retry, nothing is posted twice"),
+        ("users add you@example.org --org blindeforbundet", "a sign-in for the web app"),
+        ("web", "the admin web app on http://127.0.0.1:8300/"),
     ):
         typer.echo(f"  {_command_prefix()} {command:<52} # {why}")
     return summary
