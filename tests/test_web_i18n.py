@@ -58,3 +58,15 @@ def test_language_follows_the_choice_then_the_browser() -> None:
     assert i18n.pick_language(None, "en-GB,en;q=0.8") == "en"
     assert i18n.pick_language(None, "nn-NO") == "nb"
     assert i18n.pick_language("fr", None) == "nb"
+
+
+def test_a_placeholder_used_twice_matches_the_same_text() -> None:
+    i18n.catalogue.cache_clear()
+    i18n._patterns.cache_clear()
+    i18n.catalogue()["{a} and {a} again {b}"] = "{a} og {a} igjen {b}"
+    try:
+        assert i18n.translate("x and x again y", "nb") == "x og x igjen y"
+        assert i18n.translate("x and z again y", "nb") == "x and z again y"
+    finally:
+        i18n.catalogue.cache_clear()
+        i18n._patterns.cache_clear()

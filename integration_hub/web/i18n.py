@@ -40,10 +40,13 @@ def _patterns() -> list[tuple[re.Pattern[str], str]]:
     for english, bokmal in catalogue().items():
         if "{" not in english:
             continue
-        parts = _PLACEHOLDER.split(english)
-        regex = "".join(
-            re.escape(part) if i % 2 == 0 else f"(?P<{part}>.+?)" for i, part in enumerate(parts)
-        )
+        regex, named = "", set()
+        for i, part in enumerate(_PLACEHOLDER.split(english)):
+            if i % 2 == 0:
+                regex += re.escape(part)
+            else:  # a placeholder used twice must match the same text both times
+                regex += f"(?P={part})" if part in named else f"(?P<{part}>.+?)"
+                named.add(part)
         patterns.append((re.compile(f"^{regex}$", re.DOTALL), bokmal))
     return patterns
 

@@ -1,7 +1,212 @@
-"""Placeholder router, filled in by the health screen."""
+"""The health monitor: last run, each failure and why, a retry button, the export history and a
+small chart of exported and failed records per day.
+
+The route only gathers what the services report (``health``, ``history``, ``sync``); the one
+thing computed here is presentational: the chart's geometry (:func:`chart_geometry`), a plain
+function tested without HTTP.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import Mapping, Sequence
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from starlette.responses import RedirectResponse, Response
+
+from integration_hub.db import hub_session
+from integration_hub.models import IntegrationStatus, SyncRun
+from integration_hub.services import configuration as config
+from integration_hub.services import health, history, sync
+from integration_hub.services.configuration import Actor
+from integration_hub.services.errors import InvalidInput, NotFound
+from integration_hub.services.guards import ExportRunning
+from integration_hub.tasks.extract import CATEGORY_LABELS
+from integration_hub.web.rendering import render
+from integration_hub.web.security import PageSession
 
 router = APIRouter(include_in_schema=False)
+
+CHART_DAYS = 14
+HISTORY_LIMIT = 20
+
+TRIGGER_LABELS = {
+    "schedule": "Scheduled",
+    "manual": "Started by hand",
+    "retry": "Retry",
+    "backfill": "Backfill",
+}
+"""How a run was started, as people read it (English source text; bokmål in health.yaml)."""
+
+CONNECTION_LABELS = {
+    "ok": "Connected",
+    "bad_credentials": "Credentials refused",
+    "unreachable": "Could not connect",
+    "timed_out": "No answer in time",
+    "throttled": "Throttled by the target",
+    "unexpected_response": "Unexpected answer",
+}
+
+
+# -- the chart ---------------------------------------------------------------------------------
+def chart_geometry(
+    days: Sequence[Mapping[str, Any]], *, width: int = 640, height: int = 220
+) -> dict[str, Any]:
+    """Where the bars of the per-day chart go, in SVG user units.
+
+    ``days`` is :func:`history.daily_counts`' answer (oldest first). Each day gets two bars side
+    by side, exported on the left and failed on the right (so the chart does not rely on colour
+    alone); a bar's height is proportional to its count, the tallest bar filling the plot. A
+    count of zero draws no bar; a non-zero count gets at least 1 unit so it stays visible.
+    """
+    left, right, top, bottom = 44.0, 8.0, 12.0, 34.0
+    plot_bottom = height - bottom
+    plot_height = plot_bottom - top
+    plot_width = width - left - right
+    peak = max((max(int(d["exported"]), int(d["failed"])) for d in days), default=0)
+    slot = plot_width / len(days) if days else 0.0
+    bar_width = slot * 0.36
+    gap = slot * 0.14
+
+    def bar(value: int, x: float) -> dict[str, Any]:
+        h = value / peak * plot_height if peak else 0.0
+        if value > 0:
+            h = max(h, 1.0)
+        return {
+            "value": value,
+            "x": round(x, 2),
+            "y": round(plot_bottom - h, 2),
+            "width": round(bar_width, 2),
+            "height": round(h, 2),
+        }
+
+    placed = []
+    for i, day in enumerate(days):
+        start = left + i * slot + gap
+        when = date.fromisoformat(str(day["day"]))
+        placed.append(
+            {
+                "day": when.isoformat(),
+                "label": when.strftime("%d.%m"),
+                "label_x": round(left + (i + 0.5) * slot, 2),
+                "exported": bar(int(day["exported"]), start),
+                "failed": bar(int(day["failed"]), start + bar_width),
+            }
+        )
+    ticks = [{"value": 0, "y": round(plot_bottom, 2)}]
+    if peak:
+        if peak >= 2 and peak % 2 == 0:
+            ticks.append({"value": peak // 2, "y": round(plot_bottom - plot_height / 2, 2)})
+        ticks.append({"value": peak, "y": round(top, 2)})
+    return {
+        "width": width,
+        "height": height,
+        "plot_left": left,
+        "plot_right": width - right,
+        "plot_top": top,
+        "plot_bottom": plot_bottom,
+        "label_y": plot_bottom + 18,
+        "peak": peak,
+        "days": placed,
+        "ticks": ticks,
+        "total_exported": sum(int(d["exported"]) for d in days),
+        "total_failed": sum(int(d["failed"]) for d in days),
+        "first": placed[0]["day"] if placed else None,
+        "last": placed[-1]["day"] if placed else None,
+    }
+
+
+# -- what the page shows -----------------------------------------------------------------------
+def format_duration(seconds: float | None, language: str) -> str:
+    """``4.2 s`` / ``3 min 5 s`` (decimal comma in bokmål); empty when unknown."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        text = f"{seconds:.1f} s"
+        return text.replace(".", ",") if language == "nb" else text
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
+def _run_of(row_id: int, run_id: int) -> dict[str, Any] | None:
+    """One run of this integration as the history shows it (None: not a run of it)."""
+    with hub_session() as session:
+        run = session.get(SyncRun, run_id)
+    if run is None or run.integration_id != row_id:
+        return None
+    return history.run_entry(run)
+
+
+def health_context(
+    org_slug: str, type_key: str, actor: Actor, *, retried: int | None = None
+) -> dict[str, Any]:
+    organisation = config.organisation(org_slug, actor)
+    row = config.integration(organisation, type_key, actor)
+    report = health.integration_health(row, organisation, actor)
+    runs = history.list_runs(row, actor, limit=HISTORY_LIMIT)
+    by_id = {r["run_id"]: r for r in runs}
+    try:
+        retry_id: int | None = sync.latest_failed_run(row, actor)
+    except NotFound:
+        retry_id = None
+    retry = (by_id.get(retry_id) or _run_of(row.id or 0, retry_id)) if retry_id else None
+    retry_result = None
+    if retried is not None:
+        found = by_id.get(retried) or _run_of(row.id or 0, retried)
+        if found and found["trigger"] == "retry":
+            retry_result = found
+    status = report["status"]
+    if status == IntegrationStatus.ACTIVE and not report["healthy"]:
+        status = "failing"
+    return {
+        **report,
+        "integration_status": status,
+        "base": f"/orgs/{organisation.slug}/integrations/{row.type_key}",
+        "runs": runs,
+        "history_limit": HISTORY_LIMIT,
+        "retry": retry,
+        "retry_result": retry_result,
+        "chart": chart_geometry(history.daily_counts(row, actor, days=CHART_DAYS)),
+        "trigger_labels": TRIGGER_LABELS,
+        "connection_labels": CONNECTION_LABELS,
+        "category_names": CATEGORY_LABELS,  # as the volunteer app names them
+        "format_duration": format_duration,
+    }
+
+
+@router.get("/orgs/{org}/integrations/{integration_type}/health")
+def health_page(
+    request: Request,
+    org: str,
+    integration_type: str,
+    signed_in: PageSession,
+    retried: int | None = None,
+) -> Response:
+    context = health_context(org, integration_type, signed_in.actor, retried=retried)
+    return render(request, "health.html", context)
+
+
+@router.post("/orgs/{org}/integrations/{integration_type}/health/retry")
+def retry_failed(
+    request: Request,
+    org: str,
+    integration_type: str,
+    signed_in: PageSession,
+    run_id: Annotated[int, Form(ge=1)],
+) -> Response:
+    """Re-send one run's failed records now, then back to the page with what happened."""
+    actor = signed_in.actor
+    organisation = config.organisation(org, actor)
+    row = config.integration(organisation, integration_type, actor)
+    if _run_of(row.id or 0, run_id) is None:
+        raise NotFound(f"there is no run {run_id}")
+    try:
+        summary = sync.retry_run(run_id, actor)
+    except (InvalidInput, ExportRunning) as exc:
+        context = health_context(org, integration_type, actor)
+        context["retry_refused"] = str(exc)
+        status = 422 if isinstance(exc, InvalidInput) else 409
+        return render(request, "health.html", context, status)
+    back = f"/orgs/{organisation.slug}/integrations/{row.type_key}/health"
+    return RedirectResponse(f"{back}?retried={int(summary['run_id'])}", status_code=303)
