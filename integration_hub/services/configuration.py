@@ -212,6 +212,9 @@ def save_configuration(integration_row: Integration, values: dict[str, str], act
     with hub_session() as session:
         row = session.get(Integration, integration_row.id)
         assert row is not None
+        if new_secrets or config.settings() != row.settings:
+            # The last connection test was of other credentials: it no longer says anything.
+            row.last_test_status = row.last_test_detail = row.last_test_at = None
         row.settings = config.settings()
         row.updated_at = utcnow()
         session.add(row)

@@ -63,6 +63,7 @@ def complete(row: Integration, step: str, actor: Actor) -> str:
 
 def activate(row: Integration, actor: Actor) -> None:
     """The wizard's last step: the integration goes active and the wizard is finished."""
+    actor.check_change(row.organisation_id)
     if row.last_test_status != "ok":
         raise InvalidInput("test the connection successfully before activating")
     config.set_status(row, IntegrationStatus.ACTIVE, actor)

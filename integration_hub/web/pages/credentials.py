@@ -1,7 +1,295 @@
-"""Placeholder router, filled in by the credentials screen."""
+"""The credential form (a wizard step and a screen of its own) and the connection test.
+
+Secret fields are write-only: the form shows the vault's mask (``••••••3f9a``), never the value;
+posting the mask back, or leaving the field blank, keeps the stored secret
+(:func:`configuration.save_configuration` decides that, and audits a replacement without the
+value). Also the helpers the other setup screens share: finding the integration a path names,
+the screen's navigation and the connection test's words.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.datastructures import FormData
+from starlette.responses import RedirectResponse, Response
+
+from integration_hub.adapters.base import ConnectionResult
+from integration_hub.adapters.registry import UnknownIntegrationType, get_type
+from integration_hub.models import Integration, Organisation
+from integration_hub.services import alerts
+from integration_hub.services import configuration as config
+from integration_hub.services.configuration import Actor
+from integration_hub.services.errors import InvalidInput, NotFound
+from integration_hub.web import i18n
+from integration_hub.web.rendering import language_of, render
+from integration_hub.web.security import PageSession
 
 router = APIRouter(include_in_schema=False)
+
+MAX_FIELD_LENGTH = 4096
+"""Longer values are refused before they reach the services (no credential is that long)."""
+
+# -- shared by the setup screens ---------------------------------------------------------------
+FIELD_TEXT: dict[str, tuple[str, str]] = {
+    "base_url": (
+        "Service address (URL)",
+        "Where the service answers. Keep the suggested address unless your supplier gave you "
+        "another one.",
+    ),
+    "api_token": ("API token", "An API token created in Xledger for this integration."),
+    "tenant_id": (
+        "Tenant (Microsoft Entra directory)",
+        "A GUID, or a domain such as contoso.onmicrosoft.com.",
+    ),
+    "client_id": ("Client id", "The application (client) id you were given."),
+    "client_secret": ("Client secret", "The secret that belongs to the client id."),
+    "environment": ("Environment", "The Business Central environment, usually production."),
+    "company_id": ("Company id", "The company's id (a GUID) in Business Central."),
+    "journal_id": (
+        "Journal id",
+        "The general journal batch by its id (a GUID); or give the journal code instead.",
+    ),
+    "journal_code": ("Journal code", "The general journal batch by its code."),
+    "balancing_account_number": (
+        "Balancing account number",
+        "Optional: credit every claim to this account instead of the volunteer's own account.",
+    ),
+    "token_url": (
+        "Sign-in service address (URL)",
+        "Where access tokens are asked for; normally https://login.microsoftonline.com.",
+    ),
+    "app": ("Altinn app", "The app that receives the reports, written as org/app."),
+}
+"""Each configuration field's label and hint (English source text; bokmål in setup.yaml)."""
+
+SECRET_SET_HINT = (
+    "Stored encrypted and shown only as a mask. To keep it, leave the field as it is; to "
+    "replace it, clear the field and type the new value."
+)
+SECRET_UNSET_HINT = "Not stored yet. It is stored encrypted and never shown again."
+
+CONNECTION_STATUS_TEXT = {
+    "ok": "Connected",
+    "bad_credentials": "The credentials were refused",
+    "unreachable": "The service could not be reached",
+    "timed_out": "The service did not answer within 10 seconds",
+    "throttled": "The service is busy and asked us to wait",
+    "unexpected_response": "The service gave an answer we did not expect",
+}
+"""Connection test results as people read them."""
+
+
+def translator(request: Request) -> Callable[[str], str]:
+    language = language_of(request)
+    return lambda text: i18n.translate(text, language)
+
+
+def load(org: str, type_key: str, actor: Actor) -> tuple[Organisation, Integration]:
+    """The organisation and its integration of ``type_key`` (the services check who may)."""
+    organisation = config.organisation(org, actor)
+    check_type(type_key)
+    return organisation, config.integration(organisation, type_key, actor)
+
+
+def check_type(type_key: str) -> None:
+    try:
+        get_type(type_key)
+    except UnknownIntegrationType as exc:
+        raise NotFound(str(exc)) from None
+
+
+def integration_url(org: str, type_key: str, page: str = "") -> str:
+    base = f"/orgs/{org}/integrations/{type_key}"
+    return f"{base}/{page}" if page else base
+
+
+def base_context(organisation: Organisation, row: Integration, nav_current: str = "") -> dict:
+    """What every setup screen's template uses: who, which target, and the navigation."""
+    adapter_type = get_type(row.type_key)
+    return {
+        "organisation": organisation.slug,
+        "organisation_name": organisation.name,
+        "type_key": row.type_key,
+        "target": adapter_type.display_name,
+        "maps_fields": adapter_type.default_mapping is not None,
+        "nav_current": nav_current,
+        "integration": row,
+    }
+
+
+def fresh(row: Integration) -> Integration:
+    """The row as stored now (a test or a save since it was read changes it)."""
+    from integration_hub.db import hub_session
+
+    with hub_session() as session:
+        stored = session.get(Integration, row.id)
+        assert stored is not None
+        session.expunge(stored)
+    return stored
+
+
+def connection_result(result: ConnectionResult | None, row: Integration) -> dict | None:
+    """A test result (just run, or the stored last one) for the templates."""
+    if result is not None:
+        return {
+            "ok": result.ok,
+            "status": result.status.value,
+            "detail": result.detail,
+            "elapsed_s": round(result.elapsed_ms / 1000, 1),
+            "at": None,
+        }
+    if row.last_test_status is None:
+        return None
+    return {
+        "ok": row.last_test_status == "ok",
+        "status": row.last_test_status,
+        "detail": row.last_test_detail or "",
+        "elapsed_s": None,
+        "at": row.last_test_at,
+    }
+
+
+def run_connection_test(row: Integration, actor: Actor) -> ConnectionResult:
+    """The connection test the wizard and the credential screen run (alerts on failure)."""
+    result, _alert = alerts.check_connection(row, actor)
+    return result
+
+
+# -- the credential form -----------------------------------------------------------------------
+def credential_fields(
+    row: Integration,
+    actor: Actor,
+    submitted: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The form's fields: settings as stored (or as just typed), secrets only as masks."""
+    fields = []
+    for field in config.credential_form(row, actor):
+        name = field["name"]
+        label, hint = FIELD_TEXT.get(name, (name, ""))
+        value = field["value"]
+        if submitted is not None and not field["secret"]:
+            value = submitted.get(name, value)
+        fields.append(
+            {
+                **field,
+                "value": value,  # for a secret: its mask, never what was typed
+                "label": label,
+                "hint": hint,
+                "secret_hint": SECRET_SET_HINT if field["set"] else SECRET_UNSET_HINT,
+                "required": field["required"] and not (field["secret"] and field["set"]),
+                "error": (errors or {}).get(name, ""),
+            }
+        )
+    return fields
+
+
+def form_values(row: Integration, form: FormData) -> dict[str, str]:
+    """The submitted configuration fields (only the type's own fields; too long is refused)."""
+    names = get_type(row.type_key).config_model.model_fields
+    values = {}
+    for name in names:
+        value = form.get(name)
+        if isinstance(value, str):
+            values[name] = value.strip()
+    too_long = [name for name, value in values.items() if len(value) > MAX_FIELD_LENGTH]
+    if too_long:
+        raise InvalidInput(
+            "the configuration is not valid",
+            [f"{name}: at most {MAX_FIELD_LENGTH} characters" for name in too_long],
+        )
+    return values
+
+
+def split_problems(
+    problems: list[str], field_names: list[str], tr: Callable[[str], str]
+) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """Service problems (``"base_url: Input should be ..."``) as an error summary that links
+    to each field, and each field's own message."""
+    summary: list[dict[str, str]] = []
+    by_field: dict[str, str] = {}
+    for problem in problems:
+        name, sep, message = problem.partition(": ")
+        name = name.split(".")[0]
+        if sep and name in field_names:
+            label = FIELD_TEXT.get(name, (name, ""))[0]
+            text = tr(message)
+            by_field.setdefault(name, text)
+            summary.append({"field": name, "message": f"{tr(label)}: {text}"})
+        else:
+            summary.append({"field": "", "message": tr(problem.removeprefix(": "))})
+    return summary, by_field
+
+
+def save_credentials(
+    request: Request, row: Integration, form: FormData, actor: Actor
+) -> dict[str, Any] | None:
+    """Store the form; None when saved, else the context to show the form again (nothing
+    stored)."""
+    try:
+        values = form_values(row, form)
+        config.save_configuration(row, values, actor)
+    except InvalidInput as exc:
+        names = list(get_type(row.type_key).config_model.model_fields)
+        submitted = {k: v for k, v in form.items() if isinstance(v, str)}
+        summary, by_field = split_problems(exc.problems, names, translator(request))
+        return {
+            "problems": summary,
+            "fields": credential_fields(row, actor, submitted, by_field),
+        }
+    return None
+
+
+def credentials_context(
+    organisation: Organisation, row: Integration, actor: Actor, **extra: Any
+) -> dict[str, Any]:
+    row = fresh(row)
+    context = {
+        **base_context(organisation, row, "credentials"),
+        "fields": credential_fields(row, actor),
+        "problems": [],
+        "test": connection_result(None, row),
+        "test_action": integration_url(organisation.slug, row.type_key, "credentials/test"),
+        "status_text": CONNECTION_STATUS_TEXT,
+    }
+    context.update(extra)
+    return context
+
+
+@router.get("/orgs/{org}/integrations/{type_key}/credentials")
+def credentials_page(
+    request: Request, org: str, type_key: str, signed_in: PageSession, saved: int = 0
+) -> Response:
+    organisation, row = load(org, type_key, signed_in.actor)
+    context = credentials_context(organisation, row, signed_in.actor)
+    if saved:
+        context["flash"] = translator(request)("The credentials are saved.")
+    return render(request, "credentials.html", context)
+
+
+@router.post("/orgs/{org}/integrations/{type_key}/credentials")
+async def save_credentials_page(
+    request: Request, org: str, type_key: str, signed_in: PageSession
+) -> Response:
+    organisation, row = load(org, type_key, signed_in.actor)
+    form = await request.form()
+    refused = save_credentials(request, row, form, signed_in.actor)
+    if refused is not None:
+        context = credentials_context(organisation, row, signed_in.actor, **refused)
+        return render(request, "credentials.html", context, 422)
+    return RedirectResponse(integration_url(org, type_key, "credentials?saved=1"), 303)
+
+
+@router.post("/orgs/{org}/integrations/{type_key}/credentials/test")
+def test_credentials_page(
+    request: Request, org: str, type_key: str, signed_in: PageSession
+) -> Response:
+    organisation, row = load(org, type_key, signed_in.actor)
+    result = run_connection_test(row, signed_in.actor)
+    context = credentials_context(
+        organisation, row, signed_in.actor, test=connection_result(result, row), just_tested=True
+    )
+    return render(request, "credentials.html", context)
