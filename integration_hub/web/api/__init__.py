@@ -1,8 +1,12 @@
-"""The REST API under ``/api/v1`` (OpenAPI at ``/api/v1/openapi.json``)."""
+"""The REST API under ``/api/v1`` (OpenAPI at ``/api/v1/openapi.json``).
+
+Routes translate HTTP into service calls and back; the services decide who may do what.
+"""
 
 from fastapi import APIRouter
 
-from integration_hub.web.api import me
+from integration_hub.web.api import integrations, mapping, me, runs, schedule
 
 router = APIRouter(prefix="/api/v1")
-router.include_router(me.router)
+for module in (me, integrations, mapping, schedule, runs):
+    router.include_router(module.router)

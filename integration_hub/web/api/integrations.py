@@ -1,0 +1,137 @@
+"""Organisations and their integrations: the dashboard, setting one up, its credentials, its
+connection test and its status."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+
+from integration_hub.models import IntegrationStatus
+from integration_hub.services import alerts, api_support, overview
+from integration_hub.services import configuration as config
+from integration_hub.web import i18n
+from integration_hub.web.api.common import (
+    BASE,
+    CHANGE_ERRORS,
+    READ_ERRORS,
+    CurrentIntegration,
+    OrgSlug,
+    TypeKey,
+)
+from integration_hub.web.api.me import OrganisationOut
+from integration_hub.web.api.models import (
+    ConnectionTestOut,
+    CredentialFormOut,
+    CredentialsIn,
+    DashboardOut,
+    IntegrationOut,
+    StatusIn,
+)
+from integration_hub.web.rendering import language_of
+from integration_hub.web.security import ApiActor
+
+router = APIRouter()
+
+
+@router.get(
+    "/organisations",
+    response_model=list[OrganisationOut],
+    responses=READ_ERRORS,
+    tags=["organisations"],
+    summary="The organisations the caller may see",
+)
+def organisations(actor: ApiActor) -> list[OrganisationOut]:
+    return [OrganisationOut(slug=o.slug, name=o.name) for o in config.list_organisations(actor)]
+
+
+@router.get(
+    "/organisations/{org}/integrations",
+    response_model=DashboardOut,
+    responses=READ_ERRORS,
+    tags=["organisations"],
+    summary="The dashboard: each offered integration type with status, last and next run",
+)
+def dashboard(org: OrgSlug, actor: ApiActor) -> DashboardOut:
+    return DashboardOut.model_validate(overview.dashboard(org, actor))
+
+
+@router.post(
+    BASE,
+    response_model=IntegrationOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={**CHANGE_ERRORS, 200: {"model": IntegrationOut, "description": "It existed"}},
+    tags=["setup"],
+    summary="Start setting up an integration (201 when created, 200 when it existed)",
+)
+def start_setup(org: OrgSlug, type: TypeKey, actor: ApiActor, response: Response) -> IntegrationOut:
+    row, created = api_support.start_setup(org, type.value, actor)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return IntegrationOut.model_validate(api_support.integration_view(row, actor))
+
+
+@router.get(
+    BASE,
+    response_model=IntegrationOut,
+    responses=READ_ERRORS,
+    tags=["integrations"],
+    summary="Status, setup step, settings (no secrets) and the last connection test",
+)
+def get_integration(row: CurrentIntegration, actor: ApiActor) -> IntegrationOut:
+    return IntegrationOut.model_validate(api_support.integration_view(row, actor))
+
+
+@router.get(
+    f"{BASE}/credentials",
+    response_model=CredentialFormOut,
+    responses=READ_ERRORS,
+    tags=["credentials"],
+    summary="The credential form: settings, and secrets only as masks",
+)
+def get_credentials(row: CurrentIntegration, actor: ApiActor) -> CredentialFormOut:
+    return CredentialFormOut.model_validate({"fields": config.credential_form(row, actor)})
+
+
+@router.put(
+    f"{BASE}/credentials",
+    response_model=CredentialFormOut,
+    responses=CHANGE_ERRORS,
+    tags=["credentials"],
+    summary="Store settings and secrets (a blank secret or its mask keeps the stored one)",
+)
+def put_credentials(
+    row: CurrentIntegration, body: CredentialsIn, actor: ApiActor
+) -> CredentialFormOut:
+    config.save_configuration(row, body.values, actor)
+    return CredentialFormOut.model_validate({"fields": config.credential_form(row, actor)})
+
+
+@router.post(
+    f"{BASE}/connection-test",
+    response_model=ConnectionTestOut,
+    responses=CHANGE_ERRORS,
+    tags=["setup"],
+    summary="Test the connection with the stored credentials (answers within 10 s)",
+)
+def connection_test(
+    request: Request, row: CurrentIntegration, actor: ApiActor
+) -> ConnectionTestOut:
+    """``detail`` is in the caller's language (the setup page shows it as it is)."""
+    result, _alert = alerts.check_connection(row, actor)
+    return ConnectionTestOut(
+        ok=result.ok,
+        status=result.status.value,
+        detail=i18n.translate(result.detail, language_of(request)),
+        elapsed_ms=result.elapsed_ms,
+    )
+
+
+@router.put(
+    f"{BASE}/status",
+    response_model=IntegrationOut,
+    responses=CHANGE_ERRORS,
+    tags=["integrations"],
+    summary="Activate (finishing the setup) or pause the integration",
+)
+def put_status(row: CurrentIntegration, body: StatusIn, actor: ApiActor) -> IntegrationOut:
+    view = api_support.set_status(row, IntegrationStatus(body.status), actor)
+    return IntegrationOut.model_validate(view)
