@@ -1,5 +1,5 @@
 # Developer entry points. `make test` works on a fresh Debian machine with only python3 (and
-# make): it builds .venv, installs PostgreSQL if it can, and runs the whole suite.
+# make): it builds .venv, installs PostgreSQL and Chromium if it can, and runs the whole suite.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo lint bench postgres
+.PHONY: venv test demo lint bench postgres chromium
 
 ## venv: .venv with the project and its dev tools (re-installs when pyproject.toml changes)
 venv: $(STAMP)
@@ -40,8 +40,12 @@ $(STAMP): pyproject.toml | $(BIN)/pip
 postgres:
 	@bash scripts/ensure-postgres.sh
 
-## test: the whole suite, on SQLite and a throwaway PostgreSQL cluster
-test: venv postgres
+## chromium: Debian's Chromium for the browser tests (installs it when it can; no browser download)
+chromium:
+	@bash scripts/ensure-chromium.sh
+
+## test: the whole suite, on SQLite and a throwaway PostgreSQL cluster, browser tests included
+test: venv postgres chromium
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## demo: the end-to-end demo against the local sandbox

@@ -267,3 +267,57 @@ def quick_flow_runs(prefect_harness: Path) -> Iterator[None]:
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+# =============================================================================================
+# browser
+# =============================================================================================
+# Debian's chromium driven by Playwright for Python (tests/browser_support.py): one browser per
+# session, a fresh context per test, the app served for real by uvicorn on 127.0.0.1. Browser
+# tests run on SQLite only: mark them with
+# ``pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)``.
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """The session's headless chromium; skipped where it is missing, unless required (CI)."""
+    from browser_support import browser_required, chromium_missing, launch_chromium
+
+    reason = chromium_missing()
+    if reason is not None:
+        if browser_required():
+            pytest.fail(f"the browser tests are required but cannot run: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def live_server(web: Any) -> Iterator[str]:
+    """The web app of the ``web`` world served on 127.0.0.1; yields its base URL."""
+    from integration_hub.sandbox.server import start_server
+
+    with start_server(web.app) as server:
+        yield server.url
+
+
+@pytest.fixture
+def browser_page(chromium: Any, live_server: str) -> Iterator[Any]:
+    """A page in a fresh context under the app's real Content-Security-Policy."""
+    from browser_support import open_page
+
+    with open_page(chromium, live_server) as page:
+        yield page
+
+
+@pytest.fixture
+def axe_page(chromium: Any, live_server: str) -> Iterator[Any]:
+    """A page whose context bypasses the CSP, so axe-core can be injected."""
+    from browser_support import open_page
+
+    with open_page(chromium, live_server, bypass_csp=True) as page:
+        yield page

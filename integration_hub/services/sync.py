@@ -84,6 +84,11 @@ def retry_run(run_id: int, actor: Actor) -> dict[str, Any]:
         raise InvalidInput(f"run {run_id} was a dry run; it sent nothing to retry")
     if not run.failed:
         raise InvalidInput(f"run {run_id} has no failed records to retry")
+    # A retry means someone fixed the cause, perhaps in the target (an account added there):
+    # check against the target's codes as they are now, not as cached minutes ago.
+    from integration_hub.adapters.factory import forget_reference_codes
+
+    forget_reference_codes(run.integration_id)
     _prefect()
     from integration_hub.flows.retry_failed_records import retry_failed_records
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from integration_hub.services.errors import (
@@ -63,6 +64,21 @@ def install(app: FastAPI) -> None:
         from urllib.parse import quote
 
         return RedirectResponse(f"/sign-in?next={quote(target, safe='')}", status_code=303)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Unknown addresses and wrong methods: JSON for the API, the error page for people."""
+        language = language_of(request)
+        message = i18n.translate(
+            "there is no such page" if exc.status_code == 404 else str(exc.detail), language
+        )
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(
+                {"error": message}, status_code=exc.status_code, headers=exc.headers
+            )
+        return render(
+            request, "error.html", {"status": exc.status_code, "error": message}, exc.status_code
+        )
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
