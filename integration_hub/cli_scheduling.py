@@ -75,9 +75,8 @@ def schedule(
     if disable and config.get_schedule(row) is None:
         typer.echo(f"{org} {type_key} has no schedule; nothing to disable")
         return
-    expression = config.parse_daily(daily) if daily is not None else cron
     change = scheduler.set_schedule(
-        row, actor(), cron=expression, timezone=timezone, enabled=not disable
+        row, actor(), daily=daily, cron=cron, timezone=timezone, enabled=not disable
     )
     typer.secho("schedule saved", fg=typer.colors.GREEN)
     _show(row, check_prefect=False)

@@ -163,12 +163,9 @@ def set_schedule(
 ) -> dict[str, Any]:
     """Daily at ``HH:MM`` or a cron expression (one of them, or neither to keep the stored
     one); validated before anything is stored."""
-    actor.check_change(row.organisation_id)
-    if daily is not None and cron is not None:
-        raise InvalidInput("give either daily or cron, not both")
-    if daily is not None:
-        cron = config.parse_daily(daily)
-    change = scheduler.set_schedule(row, actor, cron=cron, timezone=timezone, enabled=enabled)
+    change = scheduler.set_schedule(
+        row, actor, daily=daily, cron=cron, timezone=timezone, enabled=enabled
+    )
     return schedule_view(row, actor, not_pushed=change.not_pushed)
 
 

@@ -123,13 +123,18 @@ def next_runs_of(
     return next_runs(schedule.cron, schedule.timezone, n, after=after)
 
 
+def daily_time(cron: str) -> str | None:
+    """``"02:00"`` when ``cron`` is the daily preset (``0 2 * * *``), else None."""
+    match = DAILY.match(cron)
+    if match and int(match.group(1)) < 60 and int(match.group(2)) < 24:
+        return f"{int(match.group(2)):02d}:{int(match.group(1)):02d}"
+    return None
+
+
 def describe(schedule: SyncSchedule) -> str:
     """``daily at 02:00 (Europe/Oslo)`` for the daily preset, the cron expression otherwise."""
-    match = DAILY.match(schedule.cron)
-    if match and int(match.group(1)) < 60 and int(match.group(2)) < 24:
-        when = f"daily at {int(match.group(2)):02d}:{int(match.group(1)):02d}"
-    else:
-        when = f"cron {schedule.cron!r}"
+    hhmm = daily_time(schedule.cron)
+    when = f"daily at {hhmm}" if hhmm else f"cron {schedule.cron!r}"
     return f"{when} ({schedule.timezone})"
 
 
@@ -319,21 +324,41 @@ def set_schedule(
     integration: Integration,
     actor: config.Actor,
     *,
+    daily: str | None = None,
     cron: str | None = None,
     timezone: str | None = None,
     enabled: bool = True,
 ) -> ScheduleChange:
-    """Store a schedule (validated; nothing changes when it is refused), then push it to
-    Prefect when an API is reachable. ``cron``/``timezone`` None keep the stored values."""
-    actor.check(integration.organisation_id)
+    """Store a schedule, daily at ``HH:MM`` or a cron expression, in a time zone, then push it
+    to Prefect when an API is reachable. The one entry for the CLI, pages and API: every
+    problem is reported at once and nothing changes when one is found. ``None`` keeps the
+    stored value; an empty text is a problem."""
+    actor.check_change(integration.organisation_id)
     current = config.get_schedule(integration)
+    problems: list[str] = []
+    if daily is not None and cron is not None:
+        problems.append("give either daily or cron, not both")
+    elif daily is not None:
+        try:
+            cron = config.parse_daily(daily)
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
+    elif cron is not None and not cron.strip():
+        problems.append("Write a cron expression, for example 0 2 * * *.")
+    if timezone is not None and not timezone.strip():
+        problems.append("Choose a time zone.")
     cron = cron or (current.cron if current else None)
     timezone = timezone or (current.timezone if current else "Europe/Oslo")
-    if cron is None:
+    if cron is None and not problems:
         raise InvalidInput(
             "there is no schedule to change yet; give --daily HH:MM or --cron EXPRESSION"
         )
-    check_schedule(cron, timezone)
+    try:  # with a refused time, the zone is still checked (against any valid expression)
+        check_schedule(cron or "0 2 * * *", timezone)
+    except InvalidInput as exc:
+        problems.extend(exc.problems)
+    if problems or cron is None:
+        raise InvalidInput("; ".join(problems), problems)
     stored = config.set_schedule(integration, cron, timezone, enabled, actor)
     try:
         return ScheduleChange(stored, push(integration.id or 0))

@@ -55,9 +55,8 @@ def form_defaults(stored: SyncSchedule | None) -> dict[str, Any]:
             "timezone": DEFAULT_ZONE,
             "enabled": True,
         }
-    daily = scheduler.DAILY.match(stored.cron)
-    if daily and int(daily.group(1)) < 60 and int(daily.group(2)) < 24:
-        hhmm = f"{int(daily.group(2)):02d}:{int(daily.group(1)):02d}"
+    hhmm = scheduler.daily_time(stored.cron)
+    if hhmm is not None:
         return {
             "mode": "daily",
             "time": hhmm,
@@ -98,28 +97,15 @@ def field_of(problem: str, mode: str) -> str:
 
 
 def apply(row: Integration, values: dict[str, Any], actor: Actor) -> scheduler.ScheduleChange:
-    """Validate everything (every problem at once), then store and push the schedule."""
-    problems: list[str] = []
-    cron = values["cron"]
-    if values["mode"] == "daily":
-        try:
-            cron = config.parse_daily(values["time"])
-        except InvalidInput as exc:
-            problems.extend(exc.problems)
-            cron = ""
-    elif not cron:
-        problems.append("Write a cron expression, for example 0 2 * * *.")
-    if not values["timezone"]:
-        problems.append("Choose a time zone.")
-    else:
-        try:
-            scheduler.check_schedule(cron or "0 2 * * *", values["timezone"])
-        except InvalidInput as exc:
-            problems.extend(p for p in exc.problems if cron or "time zone" in p)
-    if problems:
-        raise InvalidInput("the schedule is not valid", problems)
+    """Store and push the submitted schedule (the service reports every problem at once)."""
+    daily = values["mode"] == "daily"
     return scheduler.set_schedule(
-        row, actor, cron=cron, timezone=values["timezone"], enabled=values["enabled"]
+        row,
+        actor,
+        daily=values["time"] if daily else None,
+        cron=None if daily else values["cron"],
+        timezone=values["timezone"],
+        enabled=values["enabled"],
     )
 
 
