@@ -21,7 +21,12 @@ from integration_hub.adapters.factory import (
     cached_reference_codes,
     forget_reference_codes,
 )
-from integration_hub.adapters.registry import feature_flag, get_type, offered_types
+from integration_hub.adapters.registry import (
+    UnknownIntegrationType,
+    feature_flag,
+    get_type,
+    offered_types,
+)
 from integration_hub.db import app_session, hub_session
 from integration_hub.mappings.spec import MappingDocument, load_template, parse_mapping
 from integration_hub.mappings.validator import Problem, has_errors, validate_mapping, warnings_of
@@ -153,6 +158,14 @@ def available_types(org: Organisation) -> list[type[Adapter]]:
 
 
 # -- integrations ------------------------------------------------------------------------------
+def integration_type(type_key: str) -> type[Adapter]:
+    """The adapter type of ``type_key``; an unknown key is a NotFound people can read."""
+    try:
+        return get_type(type_key)
+    except UnknownIntegrationType as exc:
+        raise NotFound(str(exc)) from None
+
+
 def integration(
     org: Organisation, type_key: str, actor: Actor, *, create: bool = False
 ) -> Integration:
@@ -161,7 +174,7 @@ def integration(
         actor.check_change(org.id or 0)
     else:
         actor.check(org.id or 0)
-    adapter_type = get_type(type_key)
+    adapter_type = integration_type(type_key)
     if feature_flag(type_key) not in enabled_flags(org.id or 0):
         raise Forbidden(f"{adapter_type.display_name} is not offered to {org.name}")
     with hub_session() as session:

@@ -19,7 +19,6 @@ from typing import Any
 import yaml
 
 from integration_hub.adapters.base import Adapter, ReferenceCode
-from integration_hub.adapters.registry import UnknownIntegrationType, get_type
 from integration_hub.db import hub_session
 from integration_hub.mappings.spec import (
     MAX_MAPPING_BYTES,
@@ -110,10 +109,7 @@ class SaveOutcome:
 def mapping_target(org_slug: str, type_key: str, actor: Actor) -> MappingTarget:
     """The organisation's integration of ``type_key``, when that type maps fields at all."""
     org = config.organisation(org_slug, actor)
-    try:
-        adapter_type = get_type(type_key)
-    except UnknownIntegrationType:
-        raise NotFound(f"there is no integration type {type_key!r}") from None
+    adapter_type = config.integration_type(type_key)
     if adapter_type.default_mapping is None:
         raise NotFound(f"{adapter_type.display_name} maps no fields")
     row = config.integration(org, type_key, actor)

@@ -17,12 +17,12 @@ from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
 from integration_hub.adapters.base import ConnectionResult
-from integration_hub.adapters.registry import UnknownIntegrationType, get_type
+from integration_hub.adapters.registry import get_type
 from integration_hub.models import Integration, Organisation
 from integration_hub.services import alerts
 from integration_hub.services import configuration as config
 from integration_hub.services.configuration import Actor
-from integration_hub.services.errors import InvalidInput, NotFound
+from integration_hub.services.errors import InvalidInput
 from integration_hub.web import i18n
 from integration_hub.web.rendering import language_of, render
 from integration_hub.web.security import PageSession
@@ -90,15 +90,7 @@ def translator(request: Request) -> Callable[[str], str]:
 def load(org: str, type_key: str, actor: Actor) -> tuple[Organisation, Integration]:
     """The organisation and its integration of ``type_key`` (the services check who may)."""
     organisation = config.organisation(org, actor)
-    check_type(type_key)
     return organisation, config.integration(organisation, type_key, actor)
-
-
-def check_type(type_key: str) -> None:
-    try:
-        get_type(type_key)
-    except UnknownIntegrationType as exc:
-        raise NotFound(str(exc)) from None
 
 
 def integration_url(org: str, type_key: str, page: str = "") -> str:

@@ -138,7 +138,6 @@ def completed(org: str, type_key: str, row: Integration, step: str, actor: Any) 
 # -- start and resume --------------------------------------------------------------------------
 @router.get("/orgs/{org}/integrations/{type_key}/setup")
 def start(request: Request, org: str, type_key: str, signed_in: PageSession) -> Response:
-    credentials.check_type(type_key)
     row = setup.start(org, type_key, signed_in.actor)
     return RedirectResponse(step_url(org, type_key, setup.resume_step(row)), 303)
 
