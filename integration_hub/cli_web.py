@@ -23,12 +23,16 @@ def web(
     """Serve the admin web app and the REST API (/api/v1) until Ctrl-C."""
     import uvicorn
 
+    from integration_hub.services import accounts
     from integration_hub.settings import get_settings
     from integration_hub.web.app import create_app
 
     settings = get_settings()
     host = host or settings.web_host
     port = port or settings.web_port
+    # Reading the accounts first turns a database without the schema into one clear message.
+    if not accounts.list_users():
+        typer.echo("No sign-ins yet: create one with `integrations users add EMAIL --org ORG`.")
     typer.echo(f"Integration Hub web app: http://{host}:{port}/  (API docs: /api/v1/docs)")
     uvicorn.run(create_app(), host=host, port=port, log_level="warning")
 
