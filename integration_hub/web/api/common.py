@@ -46,12 +46,6 @@ class ErrorOut(BaseModel):
     warnings: list[str] | None = None
 
 
-class BodyNotParsedOut(BaseModel):
-    """A body that is not JSON at all (FastAPI's own answer)."""
-
-    detail: str
-
-
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "The body could not be parsed as JSON; nothing was changed",
@@ -63,7 +57,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         422: "The request is not valid; nothing was changed",
     }
     return {
-        code: {"model": BodyNotParsedOut if code == 400 else ErrorOut, "description": text}
+        code: {"model": ErrorOut, "description": text}
         for code, text in descriptions.items()
         if code in codes
     }
