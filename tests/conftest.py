@@ -273,12 +273,14 @@ def quick_flow_runs(prefect_harness: Path) -> Iterator[None]:
 # browser
 # =============================================================================================
 # Debian's chromium driven by Playwright for Python (tests/browser_support.py): one browser per
-# session, a fresh context per test, the app served for real by uvicorn on 127.0.0.1. Browser
-# tests run on SQLite only: mark them with
+# test module, a fresh context per test, the app served for real by uvicorn on 127.0.0.1.
+# Browser tests run on SQLite only: mark them with
 # ``pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)``.
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """The session's headless chromium; skipped where it is missing, unless required (CI)."""
+    """A headless chromium for one test module; skipped where it is missing, unless required
+    (CI). Module-scoped, not session-scoped: while Playwright's sync API is running, Prefect's
+    sync-or-async calls in later modules see its event loop and return coroutines."""
     from browser_support import browser_required, chromium_missing, launch_chromium
 
     reason = chromium_missing()
