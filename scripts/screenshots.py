@@ -22,17 +22,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("INTEGRATIONS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+sys.path.insert(0, str(ROOT / "tests"))
+from browser_support import chromium_missing, launch_chromium  # noqa: E402
+
 PASSWORD = "screenshots only, not a real password"
 ADMIN_BLIND = "admin@blindeforbundet.example"
 ADMIN_HLF = "admin@hlf.example"
@@ -135,9 +127,7 @@ def shoot(base_url: str, sandbox_url: str, tokens: dict[str, str], out: Path) ->
 
     made: list[Path] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
+        browser = launch_chromium(playwright)
         context = browser.new_context(
             base_url=base_url, viewport={"width": 1200, "height": 860}, locale="en-GB"
         )
@@ -227,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     args = parser.parse_args(argv)
-    if not os.access(CHROMIUM, os.X_OK):
-        print(f"error: no chromium at {CHROMIUM}; run `make chromium`", file=sys.stderr)
+    missing = chromium_missing()
+    if missing is not None:
+        print(f"error: {missing}", file=sys.stderr)
         return 1
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
