@@ -75,10 +75,17 @@ def test_repeated_failures_lock_the_address_even_for_the_right_password(web: Any
 
 
 def test_form_posts_need_the_sessions_csrf_token(web: Any) -> None:
-    client = web.client(ADMIN_A)
-    refused = client.post("/sign-out", data={"csrf_token": "forged"})
-    assert refused.status_code == 303  # signing out without the token only drops the cookie
     from integration_hub.services.accounts import session_for
+
+    client = web.client(ADMIN_A)
+    kept = client.cookies.get("ih_session")
+    client.post("/sign-out", data={"csrf_token": "forged"})
+    assert session_for(kept) is not None  # a forged sign-out ends no session (only the cookie)
+    others_token = hidden_csrf(web.client(ADMIN_A).get(f"/orgs/{ORG_A}").text)
+    third = web.client(ADMIN_A)
+    third.post("/language", data={"language": "en", "next": "/", "csrf_token": others_token})
+    third_session = session_for(third.cookies.get("ih_session"))
+    assert third_session is not None and third_session.language == "nb"  # not changed
 
     client2 = web.client(ADMIN_A)
     token = client2.cookies.get("ih_session")
