@@ -127,16 +127,16 @@ def prefect_schedules(export_deployment: Any) -> Iterator[Any]:
     clear()
 
 
-def _integrations(*type_keys: str) -> list[Any]:
-    """Integrations of organisation ``bf`` (one per type key), draft status."""
+def _integrations(*type_keys: str, org_slug: str = "bf") -> list[Any]:
+    """Integrations of a new organisation ``org_slug`` (one per type key), draft status."""
     from integration_hub.db import hub_session
     from integration_hub.models import Integration
 
-    seed_organisation("bf", [])
+    organisation_id = seed_organisation(org_slug, [])
     rows = []
     with hub_session() as session:
         for type_key in type_keys:
-            row = Integration(organisation_id=1, type_key=type_key)
+            row = Integration(organisation_id=organisation_id, type_key=type_key)
             session.add(row)
             session.flush()
             rows.append(row)
@@ -180,7 +180,9 @@ def test_sync_all_creates_missing_fixes_drift_and_deletes_stale(
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
-    missing, drifted, disabled, paused = _integrations("xledger", "dynamics", "bufdir", "other")
+    # Types exported on a schedule (Bufdir is not), so two organisations for four integrations.
+    missing, drifted = _integrations("xledger", "dynamics")
+    disabled, paused = _integrations("xledger", "dynamics", org_slug="bf2")
     for row in (missing, drifted, paused):
         config.set_schedule(row, "0 2 * * *", "Europe/Oslo", True, config.OPERATOR)
     config.set_schedule(disabled, "0 3 * * *", "Europe/Oslo", False, config.OPERATOR)

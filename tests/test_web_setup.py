@@ -546,7 +546,8 @@ def test_bufdir_exclusions_name_the_activity_categories(web: Any) -> None:
     assert client.get(f"{base}/setup").headers["location"] == f"{base}/setup/credentials"
     page = client.get(f"{base}/setup/credentials")
     assert "Feltkobling" not in page.text  # Bufdir maps no fields: no mapping step
-    assert "Trinn 1 av 5" in page.text
+    assert "Trinn 1 av 4" in page.text  # ... and is reported per closed period: no schedule
+    assert f"{base}/schedule" not in page.text and "Tidsplan" not in page.text
     exclusions = client.get(f"{base}/exclusions")
     assert "Utkast til aktiviteter" in exclusions.text
     assert "Aktiviteter av typen: Kurs" in exclusions.text
@@ -697,3 +698,35 @@ def test_the_setup_screens_speak_english_when_asked(web: Any) -> None:
     page = client.get(f"{XL}/setup/credentials")
     assert "Credentials" in page.text and "Step 1 of 6" in page.text
     assert "Påloggingsopplysninger" not in page.text
+
+
+def test_bufdir_has_no_schedule_anywhere(web: Any) -> None:
+    """Bufdir is reported once per closed period: no schedule step, and a schedule is refused
+    by the service whichever way it comes (page, API, CLI path), nothing stored or pushed."""
+    from integration_hub.db import hub_session
+    from integration_hub.models import SyncSchedule
+    from integration_hub.services import configuration as config
+    from integration_hub.services import scheduler, wizard
+    from integration_hub.services.errors import InvalidInput
+
+    admin = config.Actor(ADMIN_B, web.organisation_ids["blindeforbundet"], "admin")
+    row = wizard.start("blindeforbundet", "bufdir", admin)
+    assert "schedule" not in wizard.steps_for("bufdir")
+    with pytest.raises(InvalidInput, match="once per closed period"):
+        scheduler.set_schedule(row, admin, daily="02:00", timezone="Europe/Oslo")
+    with pytest.raises(InvalidInput, match="once per closed period"):
+        config.set_schedule(row, "0 2 * * *", "Europe/Oslo", True, admin)
+    client = web.client(ADMIN_B)
+    page = client.get("/orgs/blindeforbundet/integrations/bufdir/schedule")
+    assert page.status_code == 422 and "én gang per avsluttet periode" in page.text
+    api = client.put(
+        "/api/v1/organisations/blindeforbundet/integrations/bufdir/schedule",
+        json={"daily": "02:00"},
+        headers={"X-CSRF-Token": web.csrf(client)},
+    )
+    assert api.status_code == 422 and "avsluttet periode" in api.json()["error"]
+    assert config.get_schedule(row) is None
+    # A schedule stored before this rule (or by hand) is never pushed to Prefect.
+    with hub_session() as session:
+        session.add(SyncSchedule(integration_id=row.id or 0, cron="0 2 * * *"))
+    assert scheduler.slug_for(row.id or 0) not in scheduler.wanted_schedules()

@@ -148,6 +148,8 @@ class Adapter(ABC):
     target_fields: ClassVar[tuple[TargetField, ...]] = ()
     default_mapping: ClassVar[str | None] = None
     """File name of the mapping template under ``integration_hub/mappings/``."""
+    runs_on_schedule: ClassVar[bool] = True
+    """Whether the hub exports on a schedule (Bufdir is reported per closed period instead)."""
     max_lines_per_request: ClassVar[int] = 100
     text_max_length: ClassVar[int] = 250
     reference_label: ClassVar[str] = "account"

@@ -97,6 +97,7 @@ class BufdirAdapter(Adapter):
     config_model = BufdirConfig
     record_type = "activity"
     reference_label = "activity type"
+    runs_on_schedule = False  # one report per closed period: `integrations report`
     exclusion_choices: ClassVar[tuple[str, ...]] = EXCLUSION_CHOICES
 
     max_attempts: ClassVar[int] = 4

@@ -410,6 +410,16 @@ def parse_daily(hhmm: str) -> str:
     return f"{minutes} {hours} * * *"
 
 
+def check_schedulable(integration_row: Integration) -> None:
+    """Refuse a schedule for a type that is not exported on one (Bufdir: per closed period)."""
+    adapter_type = integration_type(integration_row.type_key)
+    if not adapter_type.runs_on_schedule:
+        raise InvalidInput(
+            f"{adapter_type.display_name} is reported once per closed period, not on a "
+            "schedule: send a period's report with `integrations report`"
+        )
+
+
 def validate_schedule(cron: str, timezone: str) -> None:
     from cronsim import CronSim, CronSimError
 
@@ -431,6 +441,7 @@ def set_schedule(
     integration_row: Integration, cron: str, timezone: str, enabled: bool, actor: Actor
 ) -> SyncSchedule:
     actor.check_change(integration_row.organisation_id)
+    check_schedulable(integration_row)
     validate_schedule(cron, timezone)
     with hub_session() as session:
         row = session.exec(

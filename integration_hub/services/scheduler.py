@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import select
 
+from integration_hub.adapters.registry import UnknownIntegrationType, get_type
 from integration_hub.db import hub_session
 from integration_hub.deployments import EXPORT_EXPENSE_CLAIMS
 from integration_hub.models import Integration, IntegrationStatus, SyncSchedule
@@ -78,8 +79,20 @@ def wanted_schedules(integration_id: int | None = None) -> dict[str, WantedSched
         if integration_id is not None:
             query = query.where(SyncSchedule.integration_id == integration_id)
         rows = session.exec(query).all()
-    wanted = [WantedSchedule(s.integration_id, s.cron, s.timezone) for s, _ in rows]
+    wanted = [
+        WantedSchedule(s.integration_id, s.cron, s.timezone)
+        for s, row in rows
+        if _runs_on_schedule(row.type_key)
+    ]
     return {w.slug: w for w in wanted}
+
+
+def _runs_on_schedule(type_key: str) -> bool:
+    """A schedule stored for a type that is not exported on one is never pushed."""
+    try:
+        return get_type(type_key).runs_on_schedule
+    except UnknownIntegrationType:
+        return False
 
 
 # -- schedules as Prefect computes them --------------------------------------------------------
@@ -334,6 +347,7 @@ def set_schedule(
     problem is reported at once and nothing changes when one is found. ``None`` keeps the
     stored value; an empty text is a problem."""
     actor.check_change(integration.organisation_id)
+    config.check_schedulable(integration)
     current = config.get_schedule(integration)
     problems: list[str] = []
     if daily is not None and cron is not None:

@@ -19,9 +19,14 @@ ALL_STEPS = ("credentials", "test", "mapping", "schedule", "exclusions", "review
 
 
 def steps_for(type_key: str) -> tuple[str, ...]:
-    """The wizard's steps for a type (Bufdir maps no fields, so it has no mapping step)."""
-    maps_fields = get_type(type_key).default_mapping is not None
-    return tuple(s for s in ALL_STEPS if s != "mapping" or maps_fields)
+    """The wizard's steps for a type (Bufdir maps no fields and is reported per closed period,
+    so it has neither a mapping nor a schedule step)."""
+    adapter_type = get_type(type_key)
+    skipped = {
+        "mapping": adapter_type.default_mapping is None,
+        "schedule": not adapter_type.runs_on_schedule,
+    }
+    return tuple(s for s in ALL_STEPS if not skipped.get(s, False))
 
 
 def check_step(type_key: str, step: str) -> None:

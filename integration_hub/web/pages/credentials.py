@@ -107,6 +107,7 @@ def base_context(organisation: Organisation, row: Integration, nav_current: str 
         "type_key": row.type_key,
         "target": adapter_type.display_name,
         "maps_fields": adapter_type.default_mapping is not None,
+        "scheduled": adapter_type.runs_on_schedule,
         "nav_current": nav_current,
         "integration": row,
     }

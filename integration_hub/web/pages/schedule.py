@@ -122,6 +122,7 @@ def upcoming(stored: SyncSchedule | None) -> list[str]:
 def schedule_context(
     organisation: Organisation, row: Integration, values: dict[str, Any] | None = None
 ) -> dict[str, Any]:
+    config.check_schedulable(row)
     stored = config.get_schedule(row)
     return {
         **base_context(organisation, row, "schedule"),
