@@ -306,8 +306,11 @@ def setup_interactive(org: str, type_key: str) -> list[str]:
             version, _ = config.save_mapping(row, document, who, accept_warnings=True)
             typer.echo(f"  saved as version {version}")
     typer.echo("Step 4/5 schedule")
-    daily = typer.prompt("  run daily at (HH:MM, Enter for none)", default="", show_default=False)
-    if daily:
+    if not adapter_type.runs_on_schedule:
+        typer.echo(f"  none: {adapter_type.display_name} is reported per closed period")
+    elif daily := typer.prompt(
+        "  run daily at (HH:MM, Enter for none)", default="", show_default=False
+    ):
         timezone = typer.prompt("  time zone", default="Europe/Oslo")
         config.set_schedule(row, config.parse_daily(daily), timezone, True, who)
     typer.echo("Step 5/5 excluded categories")

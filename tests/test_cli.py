@@ -194,3 +194,20 @@ def test_db_upgrade_is_idempotent(hub_env: str) -> None:
     result = invoke("db", "upgrade")
     assert result.exit_code == 0
     assert "newest schema" in result.output
+
+
+def test_interactive_setup_of_bufdir_asks_for_no_schedule(hub_env: str, vault_key: Path) -> None:
+    from integration_hub.serving import free_port
+
+    org_id = seed_organisation("bf", [])
+    config.set_feature_flag(org_id, feature_flag("bufdir"), True, config.OPERATOR)
+    closed_port = free_port()  # nothing listens: the connection test fails fast, and says so
+    answers = f"http://127.0.0.1:{closed_port}\n\nclient-1\nsecret-value-1\n\n"
+    result = invoke("setup", "bf", "bufdir", input=answers)
+    assert result.exit_code == 0, result.output
+    assert "none: Bufdir (tilskuddsrapportering) is reported per closed period" in result.output
+    assert "run daily at" not in result.output
+    assert "secret-value-1" not in result.output
+    row = config.integration(config.organisation("bf"), "bufdir", config.OPERATOR)
+    assert config.get_schedule(row) is None
+    assert row.settings["client_id"] == "client-1"
