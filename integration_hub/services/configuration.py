@@ -196,6 +196,16 @@ def integration(
         return row
 
 
+def reload(integration_row: Integration) -> Integration:
+    """The integration as stored now (a save or a connection test since it was read)."""
+    with hub_session() as session:
+        stored = session.get(Integration, integration_row.id)
+        if stored is None:
+            raise NotFound(f"integration {integration_row.id} no longer exists")
+        session.expunge(stored)
+    return stored
+
+
 def save_configuration(integration_row: Integration, values: dict[str, str], actor: Actor) -> None:
     """Store settings and secrets. A blank secret or a submitted mask keeps the stored one."""
     actor.check_change(integration_row.organisation_id)

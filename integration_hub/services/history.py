@@ -22,6 +22,16 @@ def run_entry(run: SyncRun) -> dict[str, Any]:
     return {**run_summary(run), "link": flow_run_link(run.flow_run_id)}
 
 
+def run_of(integration: Integration, run_id: int, actor: Actor) -> dict[str, Any] | None:
+    """One run of ``integration`` as the history shows it (None: no such run of it)."""
+    actor.check(integration.organisation_id)
+    with hub_session() as session:
+        run = session.get(SyncRun, run_id)
+    if run is None or run.integration_id != integration.id:
+        return None
+    return run_entry(run)
+
+
 def list_runs(
     integration: Integration, actor: Actor, *, limit: int | None = 20
 ) -> list[dict[str, Any]]:

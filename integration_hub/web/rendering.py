@@ -6,6 +6,7 @@ in Europe/Oslo unless a schedule names its own zone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -63,18 +64,23 @@ def format_time(value: datetime | str | None, zone: str | None = None) -> str:
     return value.astimezone(ZoneInfo(zone) if zone else OSLO).strftime("%Y-%m-%d %H:%M")
 
 
-def render(
-    request: Request, template: str, context: dict[str, Any] | None = None, status: int = 200
-) -> HTMLResponse:
-    """Render ``template`` with the language, the signed-in person and the helpers pages use."""
+def translator(request: Request) -> Callable[..., str]:
+    """``_(text, **params)`` in the request's language, for pages that build messages."""
     language = language_of(request)
 
     def _(text: str, **params: object) -> str:
         return i18n.translate(text, language, **params)
 
+    return _
+
+
+def render(
+    request: Request, template: str, context: dict[str, Any] | None = None, status: int = 200
+) -> HTMLResponse:
+    """Render ``template`` with the language, the signed-in person and the helpers pages use."""
     full = {
-        "_": _,
-        "lang": language,
+        "_": translator(request),
+        "lang": language_of(request),
         "languages": i18n.LANGUAGES,
         "signed_in": current_session(request),
         "format_nok": format_nok,

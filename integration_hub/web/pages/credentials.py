@@ -23,8 +23,7 @@ from integration_hub.services import alerts
 from integration_hub.services import configuration as config
 from integration_hub.services.configuration import Actor
 from integration_hub.services.errors import InvalidInput
-from integration_hub.web import i18n
-from integration_hub.web.rendering import language_of, render
+from integration_hub.web.rendering import render, translator
 from integration_hub.web.security import PageSession
 
 router = APIRouter(include_in_schema=False)
@@ -82,11 +81,6 @@ CONNECTION_STATUS_TEXT = {
 """Connection test results as people read them."""
 
 
-def translator(request: Request) -> Callable[[str], str]:
-    language = language_of(request)
-    return lambda text: i18n.translate(text, language)
-
-
 def load(org: str, type_key: str, actor: Actor) -> tuple[Organisation, Integration]:
     """The organisation and its integration of ``type_key`` (the services check who may)."""
     organisation = config.organisation(org, actor)
@@ -111,17 +105,6 @@ def base_context(organisation: Organisation, row: Integration, nav_current: str 
         "nav_current": nav_current,
         "integration": row,
     }
-
-
-def fresh(row: Integration) -> Integration:
-    """The row as stored now (a test or a save since it was read changes it)."""
-    from integration_hub.db import hub_session
-
-    with hub_session() as session:
-        stored = session.get(Integration, row.id)
-        assert stored is not None
-        session.expunge(stored)
-    return stored
 
 
 def connection_result(result: ConnectionResult | None, row: Integration) -> dict | None:
@@ -239,7 +222,7 @@ def save_credentials(
 def credentials_context(
     organisation: Organisation, row: Integration, actor: Actor, **extra: Any
 ) -> dict[str, Any]:
-    row = fresh(row)
+    row = config.reload(row)
     context = {
         **base_context(organisation, row, "credentials"),
         "fields": credential_fields(row, actor),

@@ -17,8 +17,8 @@ from integration_hub.models import Integration, Organisation
 from integration_hub.services import configuration as config
 from integration_hub.services.configuration import Actor
 from integration_hub.services.errors import InvalidInput
-from integration_hub.web.pages.credentials import base_context, integration_url, load, translator
-from integration_hub.web.rendering import render
+from integration_hub.web.pages.credentials import base_context, integration_url, load
+from integration_hub.web.rendering import render, translator
 from integration_hub.web.security import PageSession
 
 router = APIRouter(include_in_schema=False)

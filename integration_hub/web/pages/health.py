@@ -15,8 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
-from integration_hub.db import hub_session
-from integration_hub.models import IntegrationStatus, SyncRun
+from integration_hub.models import IntegrationStatus
 from integration_hub.services import configuration as config
 from integration_hub.services import health, history, sync
 from integration_hub.services.configuration import Actor
@@ -129,15 +128,6 @@ def format_duration(seconds: float | None, language: str) -> str:
     return f"{minutes} min {rest} s"
 
 
-def _run_of(row_id: int, run_id: int) -> dict[str, Any] | None:
-    """One run of this integration as the history shows it (None: not a run of it)."""
-    with hub_session() as session:
-        run = session.get(SyncRun, run_id)
-    if run is None or run.integration_id != row_id:
-        return None
-    return history.run_entry(run)
-
-
 def health_context(
     org_slug: str, type_key: str, actor: Actor, *, retried: int | None = None
 ) -> dict[str, Any]:
@@ -150,10 +140,10 @@ def health_context(
         retry_id: int | None = sync.latest_failed_run(row, actor)
     except NotFound:
         retry_id = None
-    retry = (by_id.get(retry_id) or _run_of(row.id or 0, retry_id)) if retry_id else None
+    retry = (by_id.get(retry_id) or history.run_of(row, retry_id, actor)) if retry_id else None
     retry_result = None
     if retried is not None:
-        found = by_id.get(retried) or _run_of(row.id or 0, retried)
+        found = by_id.get(retried) or history.run_of(row, retried, actor)
         if found and found["trigger"] == "retry":
             retry_result = found
     status = report["status"]
@@ -199,7 +189,7 @@ def retry_failed(
     actor = signed_in.actor
     organisation = config.organisation(org, actor)
     row = config.integration(organisation, integration_type, actor)
-    if _run_of(row.id or 0, run_id) is None:
+    if history.run_of(row, run_id, actor) is None:
         raise NotFound(f"there is no run {run_id}")
     try:
         summary = sync.retry_run(run_id, actor)

@@ -19,8 +19,7 @@ from integration_hub.services import configuration as config
 from integration_hub.services import mapping_editor as editor
 from integration_hub.services import wizard
 from integration_hub.services.errors import InvalidInput
-from integration_hub.web import i18n
-from integration_hub.web.rendering import language_of, render
+from integration_hub.web.rendering import render, translator
 from integration_hub.web.security import PageSession
 
 router = APIRouter(include_in_schema=False)
@@ -228,7 +227,7 @@ def _page(
         "input_error": input_error,
         "yaml": editor.as_yaml(document),
         "max_kib": MAX_MAPPING_BYTES // 1024,
-        "flash": i18n.translate(flash[0], language_of(request), **flash[1]) if flash else None,
+        "flash": translator(request)(flash[0], **flash[1]) if flash else None,
         "maps_fields": True,
         "nav_current": "mapping",
         "steps": None,

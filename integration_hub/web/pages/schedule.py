@@ -22,9 +22,8 @@ from integration_hub.web.pages.credentials import (
     base_context,
     integration_url,
     load,
-    translator,
 )
-from integration_hub.web.rendering import render
+from integration_hub.web.rendering import render, translator
 from integration_hub.web.security import PageSession
 
 router = APIRouter(include_in_schema=False)

@@ -26,12 +26,10 @@ from integration_hub.web.pages.credentials import (
     CONNECTION_STATUS_TEXT,
     base_context,
     connection_result,
-    fresh,
     integration_url,
     load,
-    translator,
 )
-from integration_hub.web.rendering import render
+from integration_hub.web.rendering import render, translator
 from integration_hub.web.security import PageSession
 
 router = APIRouter(include_in_schema=False)
@@ -179,7 +177,7 @@ async def save_credentials_step(
 def test_context(
     organisation: Organisation, row: Integration, result: ConnectionResult | None, **extra: Any
 ) -> dict[str, Any]:
-    row = fresh(row)
+    row = config.reload(row)
     return step_context(
         organisation,
         row,
@@ -216,7 +214,7 @@ async def run_test_step(
     organisation, row = opened
     form = await request.form()
     if form.get("action") == "continue":
-        if fresh(row).last_test_status != "ok":
+        if config.reload(row).last_test_status != "ok":
             context = test_context(
                 organisation,
                 row,
@@ -311,7 +309,7 @@ async def save_exclusions_step(
 def review_context(
     request: Request, organisation: Organisation, row: Integration, actor: Any
 ) -> dict[str, Any]:
-    row = fresh(row)
+    row = config.reload(row)
     tr = translator(request)
     mapping_version = None
     if get_type(row.type_key).default_mapping is not None:
@@ -354,7 +352,7 @@ def activate_step(request: Request, org: str, type_key: str, signed_in: PageSess
         return opened
     organisation, row = opened
     try:
-        setup.activate(fresh(row), signed_in.actor)
+        setup.activate(config.reload(row), signed_in.actor)
     except InvalidInput as exc:
         tr = translator(request)
         context = review_context(request, organisation, row, signed_in.actor)
