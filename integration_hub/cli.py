@@ -437,6 +437,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"  extracted {summary['extracted']}, exported {summary['exported']} "
         f"({format_nok(summary['exported_amount_ore'])}), failed {summary['failed']}, "
         f"skipped {summary['skipped']}, requests {summary['requests_sent']}"
+        + (f", waiting to be confirmed {summary['waiting']}" if summary.get("waiting") else "")
     )
     if summary.get("retry_of_run_id"):
         typer.echo(f"  retry of the failed records of run {summary['retry_of_run_id']}")
@@ -453,6 +454,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         )
     for reason, count in summary.get("skipped_reasons", {}).items():
         typer.echo(f"  skipped {count} x {reason}")
+    for reason, count in summary.get("waiting_reasons", {}).items():
+        typer.secho(f"  waiting {count} x {reason}", fg=typer.colors.CYAN)
     if summary.get("alert") and summary["alert"] != "no webhook":
         typer.echo(f"  alert webhook: {summary['alert']}")
     if summary.get("failures") and not summary.get("dry_run"):

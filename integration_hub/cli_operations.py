@@ -56,7 +56,13 @@ def trigger(run: dict[str, Any]) -> str:
     return str(run["trigger"])
 
 
-STATUS_STYLE = {"succeeded": "green", "partial": "yellow", "failed": "red", "running": "cyan"}
+STATUS_STYLE = {
+    "succeeded": "green",
+    "partial": "yellow",
+    "failed": "red",
+    "interrupted": "red",
+    "running": "cyan",
+}
 
 
 def status(run: dict[str, Any]) -> str:
@@ -164,6 +170,11 @@ def _print_health(out: Any, report: dict[str, Any]) -> None:
         more = report["failures_total"] - len(report["failures"])
         if more > 0:
             out.print(f"  … and {more} more (integrations health --json shows them)")
+    if report.get("waiting"):
+        out.print(
+            f"  waiting to be confirmed: {report['waiting']} record(s) sent whose answer was "
+            "lost; a run after their settle time looks them up before sending anything again"
+        )
     test = report["last_connection_test"]
     if test:
         colour = "green" if test["status"] == "ok" else "red"

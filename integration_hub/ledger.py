@@ -1,9 +1,11 @@
 """The export ledger: what has been sent, so that nothing is ever posted twice.
 
 Protocol: ``mark_pending`` commits a row per record *before* the request leaves; the target's
-answer turns it into ``exported`` (``confirm``) or removes it (``release``) when the target
-refused. A pending row that outlives its run means the outcome is unknown; the load engine looks
-those keys up at the target before anything is sent again.
+answer turns it into ``exported`` (``confirm``, which names the run that confirmed it) or removes
+it (``release``) only when the answer proves the target stored nothing. Any other answer leaves
+the row pending with a ``settle_after`` time (``mark_unknown``): the load engine looks such keys
+up at the target once that time has passed (a commit can land after the client gave up), and
+only then confirms them or sends them again.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlmodel import Session
@@ -32,6 +35,7 @@ class PendingRecord:
     record_id: int
     record_version: int
     amount_ore: int
+    settle_after: datetime | None = None
 
 
 class Ledger:
@@ -82,7 +86,11 @@ class Ledger:
                     result[record_id] = (version, reference)
             return result
 
-    def mark_pending(self, records: list[PendingRecord], run_id: int | None) -> None:
+    def mark_pending(
+        self, records: list[PendingRecord], run_id: int | None, settle_after: datetime | None
+    ) -> None:
+        """``settle_after``: should this process die with the request in flight, when the next
+        run may look the keys up (the request's timeout plus the target's settle time)."""
         now = utcnow()
         with self._session() as session:
             session.execute(
@@ -99,24 +107,31 @@ class Ledger:
                         "run_id": run_id,
                         "amount_ore": r.amount_ore,
                         "created_at": now,
+                        "settle_after": settle_after,
                     }
                     for r in records
                 ],
             )
 
-    def confirm(self, references: dict[str, str]) -> None:
-        """One executemany per call: a statement per key cost 9 s per 100,000 claims."""
+    def confirm(self, references: dict[str, str], run_id: int | None) -> None:
+        """Mark keys exported by ``run_id``, which then owns their exported outcome. One
+        executemany per call: a statement per key cost 9 s per 100,000 claims."""
         if not references:
             return
         table = ExportLedger.__table__
         now = utcnow()
         statement = (
             update(table)
-            .where(table.c.idempotency_key == bindparam("key"))
+            .where(
+                table.c.idempotency_key == bindparam("key"),
+                table.c.state == LedgerState.PENDING.value,
+            )
             .values(
                 state=LedgerState.EXPORTED.value,
                 target_reference=bindparam("ref"),
                 confirmed_at=now,
+                confirmed_run_id=run_id,
+                settle_after=None,
             )
         )
         with self._session() as session:
@@ -125,7 +140,10 @@ class Ledger:
             )
 
     def release(self, keys: list[str]) -> None:
-        """Forget pending rows the target certainly does not have, so they can be sent again."""
+        """Forget pending rows the target certainly does not have, so they can be sent again.
+
+        Only for answers that prove nothing was stored: a refusal before processing, a lookup
+        that did not find the key after its settle time."""
         table = ExportLedger.__table__
         with self._session() as session:
             for chunk in _chunks(keys):
@@ -136,14 +154,41 @@ class Ledger:
                     )
                 )
 
-    def pending_keys(self) -> list[str]:
+    def mark_unknown(self, keys: list[str], settle_after: datetime) -> None:
+        """The request of these pending keys got no clear answer: look them up from
+        ``settle_after`` on, never before."""
         table = ExportLedger.__table__
         with self._session() as session:
-            return list(
-                session.scalars(
-                    select(table.c.idempotency_key).where(
-                        table.c.integration_id == self.integration_id,
+            for chunk in _chunks(keys):
+                session.execute(
+                    update(table)
+                    .where(
+                        table.c.idempotency_key.in_(chunk),
                         table.c.state == LedgerState.PENDING.value,
                     )
+                    .values(settle_after=settle_after)
+                )
+
+    def pending(self) -> list[PendingRecord]:
+        """This integration's pending rows: requests whose outcome is not known yet."""
+        table = ExportLedger.__table__
+        with self._session() as session:
+            rows = session.execute(
+                select(
+                    table.c.idempotency_key,
+                    table.c.record_id,
+                    table.c.record_version,
+                    table.c.amount_ore,
+                    table.c.settle_after,
+                ).where(
+                    table.c.integration_id == self.integration_id,
+                    table.c.state == LedgerState.PENDING.value,
                 )
             )
+            return [
+                PendingRecord(key, int(record_id), int(version), int(amount or 0), settle)
+                for key, record_id, version, amount, settle in rows
+            ]
+
+    def pending_keys(self) -> list[str]:
+        return [row.idempotency_key for row in self.pending()]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -18,8 +18,24 @@ def default_var_dir() -> Path:
     return PROJECT_ROOT / "var"
 
 
+class TargetSettings(BaseModel):
+    """An operator's settings for one integration type's target, e.g.
+    ``INTEGRATIONS_TARGETS__XLEDGER__SETTLE_SECONDS=600``. Unset fields take the adapter's
+    default (a class variable of the same name on the adapter, where the reason is written)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settle_seconds: float | None = Field(default=None, ge=0)
+    """How long a request whose answer was lost is left alone before the hub looks its records
+    up at the target: a commit can land after the client gave up."""
+    read_timeout_seconds: float | None = Field(default=None, gt=0)
+    """How long the hub waits for an answer from the target."""
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="INTEGRATIONS_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="INTEGRATIONS_", extra="ignore", env_nested_delimiter="__"
+    )
 
     var_dir: Path = Field(default_factory=default_var_dir)
     database_url: str | None = None
@@ -41,6 +57,11 @@ class Settings(BaseSettings):
     idp_public_key_file: Path | None = None
     idp_issuer: str | None = None
     idp_audience: str = "integration-hub"
+    targets: dict[str, TargetSettings] = Field(default_factory=dict)
+    """Per integration type (its key, lower case): see :class:`TargetSettings`."""
+
+    def target(self, type_key: str) -> TargetSettings:
+        return self.targets.get(type_key.lower(), TargetSettings())
 
     @property
     def hub_url(self) -> str:

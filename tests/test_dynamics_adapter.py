@@ -7,6 +7,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -398,11 +399,21 @@ def test_vendor_and_balancing_account_credits(bc: tuple[Provisioned, str]) -> No
     assert sorted(adapter.lookup(keys)) == sorted(keys)
 
 
-def test_throttling_and_5xx_are_retried_honouring_retry_after(
+class Clock:
+    """The settle time passes when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 2, 2, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_throttling_is_retried_honouring_retry_after(
     bc: tuple[Provisioned, str], ledger: Ledger
 ) -> None:
     made, _ = bc
-    made.tenant.set_faults(throttle=1, retry_after_s=7, fail_5xx=1)
+    made.tenant.set_faults(throttle=1, retry_after_s=7)
     waits: list[float] = []
     policy = RetryPolicy(attempts=4, base_delay_s=0.0, sleep=waits.append)
     report = load_lines(_adapter(bc), _lines(3), ledger=ledger, run_id=None, policy=policy)
@@ -411,32 +422,32 @@ def test_throttling_and_5xx_are_retried_honouring_retry_after(
     assert made.tenant.batches == 1 and len(made.company.journal_lines()) == 6
 
 
-def test_commit_then_timeout_leaves_no_duplicate(
-    bc: tuple[Provisioned, str], ledger: Ledger
+@pytest.mark.parametrize(
+    ("fault", "committed"),
+    [
+        ({"commit_then_timeout": 1, "hang_seconds": 5}, True),
+        ({"commit_then_drop": 1}, True),
+        ({"drop_connection": 1}, False),
+        ({"fail_5xx": 1}, False),
+    ],
+    ids=["commit-then-timeout", "commit-then-drop", "dropped", "503"],
+)
+def test_no_clear_answer_waits_the_settle_time_then_never_doubles(
+    bc: tuple[Provisioned, str], ledger: Ledger, fault: dict[str, Any], committed: bool
 ) -> None:
+    """Whatever the lost answer hid, the next run after the settle time books each claim once."""
     made, _ = bc
-    made.tenant.set_faults(commit_then_timeout=1, hang_seconds=5)
+    made.tenant.set_faults(**fault)
+    clock = Clock()
     adapter = _adapter(bc)
-    adapter.read_timeout_s = 0.5  # type: ignore[misc]
-    report = load_lines(adapter, _lines(10), ledger=ledger, run_id=None, policy=NO_WAIT)
-    assert _statuses(report) == {"exported": 10}
-    assert report.reconciled == 10
-    assert made.tenant.batches == 1  # found by lookup, never posted again
-    assert len(made.company.journal_lines()) == 20
-
-
-def test_commit_then_drop_is_reconciled_and_a_drop_before_commit_resent(
-    bc: tuple[Provisioned, str], ledger: Ledger
-) -> None:
-    made, _ = bc
-    made.tenant.set_faults(commit_then_drop=1)
-    report = load_lines(_adapter(bc), _lines(5), ledger=ledger, run_id=None, policy=NO_WAIT)
-    assert _statuses(report) == {"exported": 5} and report.reconciled == 5
-    made.tenant.set_faults(drop_connection=1)
-    report = load_lines(
-        _adapter(bc), _lines(5, first_id=10), ledger=ledger, run_id=None, policy=NO_WAIT
-    )
-    assert _statuses(report) == {"exported": 5} and report.reconciled == 0
+    adapter.read_timeout_s = 0.5
+    lines = _lines(10)
+    first = load_lines(adapter, lines, ledger=ledger, run_id=1, policy=NO_WAIT, clock=clock)
+    assert _statuses(first) == {"waiting": 10}
+    clock.now += timedelta(seconds=adapter.read_timeout_s + adapter.settle_s)
+    second = load_lines(_adapter(bc), lines, ledger=ledger, run_id=2, policy=NO_WAIT, clock=clock)
+    assert _statuses(second) == {"exported": 10}
+    assert second.reconciled == (10 if committed else 0)
     assert len(made.company.journal_lines()) == 20
 
 
@@ -465,6 +476,7 @@ def test_pending_keys_of_a_crashed_run_are_found_after_posting(
             for r in lines.drop_duplicates("idempotency_key").itertuples()
         ],
         None,
+        settle_after=None,
     )
     made.company.post_journal(made.journal_id)
     entries = len(made.company.gl_entries)

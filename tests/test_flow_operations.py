@@ -8,6 +8,7 @@ import secrets
 import threading
 from collections import Counter
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -224,3 +225,65 @@ def test_a_second_export_waits_for_the_first_or_is_refused_never_parallel(
     summary = sync.run_export("testorg", "xledger", OPERATOR)  # waits, then runs
     assert summary["exported"] == 2
     assert lease.holder(row.id) is None
+
+
+def test_a_lost_answer_waits_then_the_run_that_finds_it_exports_it_and_dead_runs_end(
+    org: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target commits and the answer is lost: the records wait (not failures, not re-sent),
+    a run after the settle time finds them and records them as its exports; a run that was
+    killed is marked interrupted by the next run; the runs add up to what Xledger holds."""
+    from integration_hub import settings
+    from integration_hub.models import ExportLedger
+    from integration_hub.tasks.record import start_run
+
+    row, company = org
+    monkeypatch.setenv("INTEGRATIONS_TARGETS__XLEDGER__READ_TIMEOUT_SECONDS", "0.5")
+    settings.reset_settings()
+    company.set_faults(commit_then_timeout=1, hang_seconds=3)
+    killed = start_run(
+        integration_id=row.id,
+        organisation_id=row.organisation_id,
+        trigger="manual",
+        since=None,
+        until=None,
+        dry_run=False,
+        flow_run_id=None,
+        mapping_version=1,
+    )
+
+    first = _export(row)
+    assert (first["exported"], first["failed"], first["waiting"]) == (0, 3, 2)
+    assert first["status"] == "partial"
+    assert all("waiting to be confirmed" in r for r in first["waiting_reasons"])
+    with hub_session() as session:
+        dead = session.get(SyncRun, killed)
+        assert dead is not None and dead.status == "interrupted"
+        assert "stopped before it finished" in (dead.error or "")
+    (report,) = health.check(OPERATOR, "testorg", "xledger")
+    assert report["waiting"] == 2
+
+    # Inside the settle time the next run neither looks up nor sends them.
+    early = _export(row)
+    assert (early["exported"], early["waiting"]) == (0, 2)
+    assert company.mutations == 1
+
+    # The settle time passes (the rows' clock is moved, not the test's).
+    with hub_session() as session:
+        for entry in session.exec(select(ExportLedger)):
+            entry.settle_after = datetime(2000, 1, 1, tzinfo=UTC)
+            session.add(entry)
+    second = _export(row)
+    assert (second["exported"], second["waiting"]) == (2, 0)
+    assert company.mutations == 1  # found at Xledger, never posted again
+
+    with hub_session() as session:
+        exported = list(
+            session.exec(select(RecordOutcome).where(RecordOutcome.status == "exported"))
+        )
+    assert Counter(o.record_id for o in exported) == Counter({1: 1, 2: 1})
+    debits = [Decimal(str(item["amount"])) for item in company.ledger]
+    debits = [amount for amount in debits if amount > 0]
+    assert len(debits) == 2
+    held_ore = int(sum(debits) * 100)
+    assert sum(o.amount_ore or 0 for o in exported) == held_ore

@@ -7,6 +7,7 @@ scripted per request, in the spirit of dlt's dummy destination.
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -32,7 +33,12 @@ from integration_hub.ledger import Ledger
 from integration_hub.mappings.resolver import map_claims
 from integration_hub.mappings.spec import load_template
 from integration_hub.models import ExportLedger, Integration
-from integration_hub.tasks.load import RetryPolicy, load_lines, request_chunks
+from integration_hub.tasks.load import (
+    MAX_UNCLEAR_IN_A_ROW,
+    RetryPolicy,
+    load_lines,
+    request_chunks,
+)
 
 
 class FakeConfig(IntegrationConfig):
@@ -159,21 +165,135 @@ def test_transient_errors_are_retried_and_rejections_are_not(ledger: Ledger) -> 
     assert _ledger_states() == {"exported": 3}  # the rejected one may be sent again later
 
 
-def test_commit_then_timeout_is_reconciled_without_a_second_post(ledger: Ledger) -> None:
+class Clock:
+    """An injected clock: the settle time passes when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 2, 2, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def test_commit_then_timeout_waits_then_is_confirmed_without_a_second_post(
+    ledger: Ledger,
+) -> None:
+    clock = Clock()
     target = ScriptedTarget(["commit-then-unknown", "ok"])
+    lines = _lines(4)
+    report = load_lines(target, lines, ledger=ledger, run_id=1, policy=NO_WAIT, clock=clock)
+    assert _statuses(report) == {"waiting": 2, "exported": 2}
+    assert target.lookups == 0  # not looked up in the same breath
+    waiting = [o for o in report.outcomes if o["status"] == "waiting"]
+    assert "waiting to be confirmed" in waiting[0]["reason"]
+    assert _ledger_states() == {"pending": 2, "exported": 2}
+
+    # The next run, still inside the settle time: nothing sent, nothing looked up.
+    clock.advance(target.settle_s - 1)
+    again = ScriptedTarget([])
+    again.stored = target.stored
+    report = load_lines(again, lines, ledger=ledger, run_id=2, policy=NO_WAIT, clock=clock)
+    assert _statuses(report) == {"waiting": 2, "exported": 2}
+    assert again.requests_sent == 0
+
+    # After the settle time: looked up, found, exported by run 3; never posted twice.
+    clock.advance(2)
+    last = ScriptedTarget([])
+    last.stored = target.stored
+    report = load_lines(last, lines, ledger=ledger, run_id=3, policy=NO_WAIT, clock=clock)
+    assert Counter(o["status"] for o in report.outcomes) == {"exported": 4}
+    assert report.reconciled == 2
+    assert last.lookups == 1
+    assert len(target.stored) == 4 and len(set(target.stored)) == 4
+    assert _ledger_states() == {"exported": 4}
+
+
+def test_a_commit_landing_after_the_client_gave_up_is_found_after_the_settle_time(
+    ledger: Ledger,
+) -> None:
+    """A lookup right after the timeout would see nothing and send again: a double booking."""
+    clock = Clock()
+    lines = _lines(2)
+
+    class LateCommit(ScriptedTarget):
+        def load(self, lines: pd.DataFrame) -> BatchResult:
+            self.requests_sent += 1
+            self.late = list(lines["idempotency_key"].unique())
+            raise OutcomeUnknown("read timeout")
+
+    target = LateCommit([])
+    report = load_lines(target, lines, ledger=ledger, run_id=1, policy=NO_WAIT, clock=clock)
+    assert _statuses(report) == {"waiting": 2}
+    target.stored.extend(target.late)  # the target commits after the client gave up
+
+    clock.advance(target.settle_s)
+    nxt = ScriptedTarget([])
+    nxt.stored = target.stored
+    report = load_lines(nxt, lines, ledger=ledger, run_id=2, policy=NO_WAIT, clock=clock)
+    assert _statuses(report) == {"exported": 2}
+    assert len(target.stored) == 2  # booked once
+
+
+def test_unknown_before_commit_is_sent_again_after_the_settle_time(ledger: Ledger) -> None:
+    clock = Clock()
+    target = ScriptedTarget(["unknown"])
+    lines = _lines(2)
+    report = load_lines(target, lines, ledger=ledger, run_id=1, policy=NO_WAIT, clock=clock)
+    assert _statuses(report) == {"waiting": 2}
+    assert target.stored == []
+
+    clock.advance(target.settle_s)
+    nxt = ScriptedTarget(["ok"])
+    report = load_lines(nxt, lines, ledger=ledger, run_id=2, policy=NO_WAIT, clock=clock)
+    assert _statuses(report) == {"exported": 2}
+    assert nxt.lookups == 1 and len(nxt.stored) == 2
+
+
+def test_without_a_settle_time_an_unknown_outcome_is_looked_up_at_once(ledger: Ledger) -> None:
+    target = ScriptedTarget(["commit-then-unknown", "ok"])
+    target.settle_s = 0
     report = load_lines(target, _lines(4), ledger=ledger, run_id=None, policy=NO_WAIT)
     assert _statuses(report) == {"exported": 4}
-    assert Counter(target.stored) == Counter(set(target.stored))  # no key stored twice
-    assert len(target.stored) == 4
+    assert len(target.stored) == 4 and len(set(target.stored)) == 4
     assert report.reconciled == 2
 
-
-def test_unknown_before_commit_is_looked_up_then_resent(ledger: Ledger) -> None:
-    target = ScriptedTarget(["unknown", "ok"])
-    report = load_lines(target, _lines(2), ledger=ledger, run_id=None, policy=NO_WAIT)
+    resent = ScriptedTarget(["unknown", "ok"])
+    resent.settle_s = 0
+    with hub_session() as session:
+        session.query(ExportLedger).delete()
+    report = load_lines(resent, _lines(2), ledger=ledger, run_id=None, policy=NO_WAIT)
     assert _statuses(report) == {"exported": 2}
-    assert len(target.stored) == 2
-    assert target.lookups == 1
+    assert resent.lookups == 1 and len(resent.stored) == 2
+
+
+def test_a_target_that_keeps_giving_no_clear_answer_stops_the_run(ledger: Ledger) -> None:
+    target = ScriptedTarget(["unknown"] * 10)
+    report = load_lines(target, _lines(10), ledger=ledger, run_id=1, policy=NO_WAIT)
+    assert _statuses(report) == {"waiting": 6, "failed": 4}
+    assert target.requests_sent == MAX_UNCLEAR_IN_A_ROW
+    assert "no clear answer to 3 requests in a row" in (report.aborted or "")
+    assert _ledger_states() == {"pending": 6}  # the unsent ones were never marked
+
+
+def test_records_settled_for_an_earlier_run_are_exported_by_this_run(ledger: Ledger) -> None:
+    """Even when this run was not asked to send them (another window, a retry of one record):
+    the runs' exported outcomes add up to what the target holds."""
+    clock = Clock()
+    target = ScriptedTarget(["commit-then-unknown"])
+    first = _lines(2)
+    load_lines(target, first, ledger=ledger, run_id=1, policy=NO_WAIT, clock=clock)
+
+    clock.advance(target.settle_s)
+    other = _lines(3)[lambda f: f["record_id"] == 3]
+    nxt = ScriptedTarget([])
+    nxt.stored = target.stored
+    report = load_lines(nxt, other, ledger=ledger, run_id=2, policy=NO_WAIT, clock=clock)
+    exported = sorted((o["record_id"], o["amount_ore"]) for o in report.outcomes)
+    assert exported == [(1, 1001), (2, 1002), (3, 1003)]
+    assert {o["status"] for o in report.outcomes} == {"exported"}
 
 
 def test_giving_up_on_transient_errors_fails_records_and_frees_them(ledger: Ledger) -> None:
@@ -201,14 +321,17 @@ def test_pending_rows_left_by_a_crash_are_reconciled_before_sending(ledger: Ledg
             super().load(lines)
             raise KeyboardInterrupt  # the process dies after the target committed
 
+    clock = Clock()
     crashing = CrashAfterCommit(["ok"])
     with pytest.raises(KeyboardInterrupt):
-        load_lines(crashing, lines, ledger=ledger, run_id=None, policy=NO_WAIT)
+        load_lines(crashing, lines, ledger=ledger, run_id=None, policy=NO_WAIT, clock=clock)
     assert _ledger_states() == {"pending": 2}
 
+    # A crashed run's rows wait its request's timeout plus the settle time.
+    clock.advance(crashing.read_timeout_s + crashing.settle_s)
     target = ScriptedTarget(["ok"])
     target.stored = list(crashing.stored)  # the same target system, seen by the next run
-    report = load_lines(target, lines, ledger=ledger, run_id=None, policy=NO_WAIT)
+    report = load_lines(target, lines, ledger=ledger, run_id=None, policy=NO_WAIT, clock=clock)
     assert _statuses(report) == {"exported": 4}
     assert len(target.stored) == 4 and len(set(target.stored)) == 4
     assert _ledger_states() == {"exported": 4}

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -191,40 +192,66 @@ def test_batches_of_500_lines_all_exported_once(company: Any, ledger: Ledger) ->
     assert set(keys.values()) == {2}  # two lines per voucher, never a voucher twice
 
 
-def test_commit_then_timeout_leaves_no_duplicate(company: Any, ledger: Ledger) -> None:
+class Clock:
+    """The settle time passes when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 2, 2, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _two_runs(found: Any, url: str, lines: Any, ledger: Ledger, read_timeout: float | None = None):  # type: ignore[no-untyped-def]
+    """A run that meets the fault, then the next run after the settle time: both reports."""
+    clock = Clock()
+    adapter = _adapter(url, found.token, read_timeout)
+    first = load_lines(adapter, lines, ledger=ledger, run_id=1, policy=NO_WAIT, clock=clock)
+    clock.now += timedelta(seconds=adapter.read_timeout_s + adapter.settle_s)
+    second = load_lines(
+        _adapter(url, found.token), lines, ledger=ledger, run_id=2, policy=NO_WAIT, clock=clock
+    )
+    return first, second
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"commit_then_timeout": 1, "hang_seconds": 5},
+        {"commit_then_drop": 1},
+    ],
+    ids=["commit-then-timeout", "commit-then-drop"],
+)
+def test_a_lost_answer_after_commit_waits_then_is_confirmed_once(
+    company: Any, ledger: Ledger, fault: dict[str, Any]
+) -> None:
     found, url = company
-    found.set_faults(commit_then_timeout=1, hang_seconds=5)
-    adapter = _adapter(url, found.token, read_timeout=1.0)
-    report = load_lines(adapter, _lines(10), ledger=ledger, run_id=None, policy=NO_WAIT)
-    assert Counter(o["status"] for o in report.outcomes) == {"exported": 10}
-    assert report.reconciled == 10
+    found.set_faults(**fault)
+    first, second = _two_runs(found, url, _lines(10), ledger, read_timeout=1.0)
+    assert Counter(o["status"] for o in first.outcomes) == {"waiting": 10}
+    assert Counter(o["status"] for o in second.outcomes) == {"exported": 10}
+    assert second.reconciled == 10
     assert len(found.ledger) == 20
-    assert found.mutations == 1  # reconciled by lookup, never posted again
+    assert found.mutations == 1  # confirmed by lookup, never posted again
 
 
-def test_dropped_connection_before_commit_is_resent_once(company: Any, ledger: Ledger) -> None:
+@pytest.mark.parametrize("fault", [{"drop_connection": 1}, {"fail_5xx": 1}], ids=["dropped", "503"])
+def test_no_clear_answer_before_commit_is_sent_again_after_the_settle_time(
+    company: Any, ledger: Ledger, fault: dict[str, Any]
+) -> None:
+    """A 503 or a dropped connection may come after a commit (a gateway in front of the real
+    service): never re-sent blindly, looked up first."""
     found, url = company
-    found.set_faults(drop_connection=1)
-    report = load_lines(
-        _adapter(url, found.token), _lines(5), ledger=ledger, run_id=None, policy=NO_WAIT
-    )
-    assert Counter(o["status"] for o in report.outcomes) == {"exported": 5}
+    found.set_faults(**fault)
+    first, second = _two_runs(found, url, _lines(5), ledger)
+    assert Counter(o["status"] for o in first.outcomes) == {"waiting": 5}
+    assert Counter(o["status"] for o in second.outcomes) == {"exported": 5}
     assert len(found.ledger) == 10
 
 
-def test_commit_then_drop_is_reconciled(company: Any, ledger: Ledger) -> None:
+def test_burst_limit_is_retried_in_the_same_run(company: Any, ledger: Ledger) -> None:
     found, url = company
-    found.set_faults(commit_then_drop=1)
-    report = load_lines(
-        _adapter(url, found.token), _lines(5), ledger=ledger, run_id=None, policy=NO_WAIT
-    )
-    assert Counter(o["status"] for o in report.outcomes) == {"exported": 5}
-    assert len(found.ledger) == 10
-
-
-def test_burst_limit_and_5xx_are_retried(company: Any, ledger: Ledger) -> None:
-    found, url = company
-    found.set_faults(burst_limit=1, fail_5xx=1)
+    found.set_faults(burst_limit=1)
     report = load_lines(
         _adapter(url, found.token), _lines(3), ledger=ledger, run_id=None, policy=NO_WAIT
     )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, final
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from integration_hub.settings import get_settings
 from integration_hub.vault.masking import redact
 
 if TYPE_CHECKING:
@@ -119,7 +120,18 @@ class BatchResult:
 
 
 class AdapterError(Exception):
-    """Base of the errors the load engine sorts: retry later, outcome unknown, stop the run."""
+    """Base of the errors the load engine sorts. The tree, and what the engine does::
+
+        AdapterError
+        +-- TransientError     nothing was stored: wait (Retry-After wins) and send again
+        +-- OutcomeUnknown     the request may have been stored: keep the ledger rows pending,
+        |                      wait the target's settle time, look the keys up, send what is absent
+        +-- RunAbort           nothing more can succeed in this run, and the request that met
+                               it stored nothing: stop, release its records, say why
+
+    Which answer is which lives in one table, :func:`classify_status` and
+    :func:`classify_transport_error`; an adapter overrides it only where its target differs.
+    """
 
 
 class TransientError(AdapterError):
@@ -131,11 +143,65 @@ class TransientError(AdapterError):
 
 
 class OutcomeUnknown(AdapterError):
-    """The request may or may not have been stored (timeout, dropped connection)."""
+    """The request may or may not have been stored (timeout, dropped connection, a gateway
+    error or an unreadable answer to a write)."""
 
 
 class RunAbort(AdapterError):
-    """Nothing more can succeed in this run (bad token, credits used up): stop and say why."""
+    """Nothing more can succeed in this run (bad token, credits used up): stop and say why.
+
+    Raised on a write, it also says the target stored nothing of that request (it refused it
+    before processing), so the records may be released and sent by a later run."""
+
+
+class Answer(StrEnum):
+    """What an answer to one request means, before the adapter reads any body."""
+
+    OK = "ok"
+    RETRY = "retry"  # refused before processing: TransientError
+    UNKNOWN = "unknown"  # may have been processed: OutcomeUnknown
+    STOP = "stop"  # refused, nothing processed, and retrying cannot help: RunAbort
+
+
+def classify_status(status: int, *, write: bool) -> Answer:
+    """The status -> action table every adapter shares (Airbyte-CDK style).
+
+    ========================  ==========  ================================================
+    HTTP status               read        write
+    ========================  ==========  ================================================
+    2xx                       OK          OK (the body decides per record)
+    401, 403                  STOP        STOP (authentication comes before processing)
+    429                       RETRY       RETRY (throttling comes before processing)
+    other 4xx                 STOP        STOP (a definitive refusal)
+    5xx, 408, anything else   RETRY       UNKNOWN: a gateway or load balancer answers 502/504
+                                          (and a backend 500/503) after the backend may have
+                                          committed, so the keys are looked up, never re-sent
+    ========================  ==========  ================================================
+    """
+    if 200 <= status < 300:
+        return Answer.OK
+    if status in (401, 403):
+        return Answer.STOP
+    if status == 429:
+        return Answer.RETRY
+    if 400 <= status < 500 and status != 408:
+        return Answer.STOP
+    return Answer.UNKNOWN if write else Answer.RETRY
+
+
+def classify_transport_error(exc: httpx.TransportError, *, write: bool) -> Answer:
+    """A request that got no answer: only a connection never made (refused, no route, DNS, a
+    connect timeout, no free connection) proves the request never left; everything else (read
+    timeout, reset, a truncated or malformed answer) may have been processed."""
+    never_sent = (
+        httpx.ConnectError,
+        httpx.ConnectTimeout,
+        httpx.PoolTimeout,
+        httpx.UnsupportedProtocol,
+    )
+    if isinstance(exc, never_sent) or not write:
+        return Answer.RETRY
+    return Answer.UNKNOWN
 
 
 class Adapter(ABC):
@@ -165,7 +231,15 @@ class Adapter(ABC):
     :class:`integration_hub.models.ClaimCategory`)."""
 
     connect_timeout_s: ClassVar[float] = 3.0
-    read_timeout_s: ClassVar[float] = 30.0
+    read_timeout_s: float = 30.0
+    """Default wait for an answer; an operator overrides it per type
+    (``INTEGRATIONS_TARGETS__<TYPE>__READ_TIMEOUT_SECONDS``)."""
+    settle_s: float = 600.0
+    """How long records whose request got no clear answer wait before they are looked up at the
+    target (``INTEGRATIONS_TARGETS__<TYPE>__SETTLE_SECONDS``). A lookup right after a timeout
+    cannot see a commit the target makes later, and re-sending then books the claim twice. No
+    target publishes how late a commit can land; ten minutes is our assumption, long against
+    the seconds a request takes, and the next nightly run settles whatever is left."""
 
     def __init__(
         self, config: IntegrationConfig, *, transport: httpx.BaseTransport | None = None
@@ -176,6 +250,11 @@ class Adapter(ABC):
         self._transport = transport
         self._http: httpx.Client | None = None
         self.requests_sent = 0
+        target = get_settings().target(self.key)
+        if target.read_timeout_seconds is not None:
+            self.read_timeout_s = target.read_timeout_seconds
+        if target.settle_seconds is not None:
+            self.settle_s = target.settle_seconds
 
     @property
     def http(self) -> httpx.Client:

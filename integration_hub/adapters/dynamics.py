@@ -36,6 +36,7 @@ from pydantic import HttpUrl, SecretStr, field_validator, model_validator
 
 from integration_hub.adapters.base import (
     Adapter,
+    Answer,
     BatchResult,
     ConnectionResult,
     ConnectionStatus,
@@ -47,6 +48,8 @@ from integration_hub.adapters.base import (
     RunAbort,
     TargetField,
     TransientError,
+    classify_status,
+    classify_transport_error,
 )
 from integration_hub.adapters.registry import register
 from integration_hub.money import to_decimal
@@ -66,8 +69,6 @@ TOKEN_MARGIN_S = 60.0
 """A cached token is renewed this long before it expires (at most a tenth of its lifetime)."""
 
 ACCOUNT_TYPES = {"gl": "G/L Account", "employee": "Employee", "vendor": "Vendor"}
-TRANSIENT_STATUSES = {408, 429, 503}
-"""Per-operation statuses that mean "try again": with snapshot isolation nothing was stored."""
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,254}$")
@@ -451,16 +452,12 @@ class DynamicsAdapter(Adapter):
                         "Authorization": f"Bearer {token}",
                     },
                 )
-            except httpx.ConnectError as exc:
-                raise TransientError(
-                    f"Business Central could not be reached ({type(exc).__name__})"
-                ) from None
             except httpx.TransportError as exc:
-                if write:
-                    raise OutcomeUnknown(
-                        f"No complete answer from Business Central ({type(exc).__name__})"
+                if classify_transport_error(exc, write=write) is Answer.RETRY:
+                    raise TransientError(
+                        f"Business Central could not be reached ({type(exc).__name__})"
                     ) from None
-                raise TransientError(
+                raise OutcomeUnknown(
                     f"No complete answer from Business Central ({type(exc).__name__})"
                 ) from None
             if response.status_code != 401:
@@ -484,31 +481,30 @@ class DynamicsAdapter(Adapter):
             )
         if status == 404:
             raise RunAbort(self._not_found(response))
+        answer = classify_status(status, write=write)
         if status == 429:
             raise TransientError(
                 "Business Central is throttling requests", _retry_after(response.headers)
             )
-        if status == 503 or (status >= 500 and not write):
+        if answer is Answer.RETRY:
             raise TransientError(
                 f"Business Central is unavailable (HTTP {status})", _retry_after(response.headers)
             )
-        if status >= 500:
-            # A write may have been committed before the server failed: look it up first.
-            raise OutcomeUnknown(f"Business Central failed while handling the request ({status})")
-        if status >= 400:
+        if answer is Answer.UNKNOWN:
+            # A write may have been committed before the server or a gateway failed.
+            raise OutcomeUnknown(
+                f"Business Central answered HTTP {status}; it may have stored the lines"
+            )
+        if answer is Answer.STOP:
             raise RunAbort(f"Business Central refused the request: {_message(response)}")
         try:
             body = response.json()
         except ValueError:
-            if write:
-                raise OutcomeUnknown("Business Central's answer is not JSON") from None
-            raise RunAbort(
-                f"Business Central answered HTTP {status} with something that is not JSON"
-            ) from None
+            body = None
         if not isinstance(body, dict):
             if write:
-                raise OutcomeUnknown("Business Central answered with an unexpected JSON shape")
-            raise RunAbort("Business Central answered with an unexpected JSON shape")
+                raise OutcomeUnknown("Business Central's answer to the lines is unreadable")
+            raise TransientError("Business Central's answer is unreadable (not a JSON object)")
         return body
 
     def _not_found(self, response: httpx.Response) -> str:
@@ -899,11 +895,16 @@ class DynamicsAdapter(Adapter):
             if status < 400:
                 continue
             headers = answer.get("headers") if isinstance(answer.get("headers"), dict) else {}
-            if status in TRANSIENT_STATUSES or status >= 500:
-                # Snapshot isolation: the failure rolled the whole batch back.
+            if status == 429:
+                # Throttled before processing; snapshot isolation rolled the batch back.
                 raise TransientError(
                     f"Business Central could not take the lines now (HTTP {status} in the batch)",
                     _retry_after(headers),
+                )
+            if status >= 500 or status == 408:
+                raise OutcomeUnknown(
+                    f"Business Central failed inside the batch (HTTP {status}); it may have "
+                    "stored the lines"
                 )
             if status in (401, 403):
                 raise RunAbort(f"Business Central refused a journal line: {_op_message(answer)}")

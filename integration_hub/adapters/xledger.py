@@ -15,6 +15,7 @@ from pydantic import HttpUrl, SecretStr
 
 from integration_hub.adapters.base import (
     Adapter,
+    Answer,
     BatchResult,
     ConnectionResult,
     ConnectionStatus,
@@ -26,6 +27,8 @@ from integration_hub.adapters.base import (
     RunAbort,
     TargetField,
     TransientError,
+    classify_status,
+    classify_transport_error,
 )
 from integration_hub.adapters.registry import register
 from integration_hub.money import format_amount
@@ -59,13 +62,22 @@ mutation AddVouchers($inputs: [AddGLImportItemsInput!]!) {
   addGLImportItems(inputs: $inputs) { edges { clientId node { dbId extIdentifier } } }
 }"""
 
-RETRY_LATER_CODES = {"BAD_REQUEST.BURST_RATE_LIMIT_REACHED"}
+RETRY_LATER_CODES: dict[str, float] = {
+    "BAD_REQUEST.BURST_RATE_LIMIT_REACHED": 5.0,
+    "BAD_REQUEST.CONCURRENCY_LIMIT_REACHED": 1.0,
+}
+"""Documented request-level codes that refuse a request before it is processed, with the wait
+Xledger's own sample uses (graphql-samples ProjectSyncer.cs; ``../shared/specs/xledger``)."""
 STOP_RUN_CODES = {
     "UNAUTHENTICATED",
     "BAD_REQUEST.INSUFFICIENT_CREDITS",
     "BAD_REQUEST.INVALID_QUERY",
     "BAD_REQUEST.TOO_MANY_INPUTS",
 }
+"""Request-level codes that refuse the whole request before anything is stored: the run stops
+and its records may be sent again later. INSUFFICIENT_CREDITS is documented; the others are
+authentication and GraphQL validation, which come before execution. Any other request-level
+error on a write is taken as "may have stored" (:class:`OutcomeUnknown`)."""
 RECORD_CODE_HINTS = {
     "BAD_REQUEST.INVALID_ACCOUNT": "fix the account in the field mapping, then retry",
     "BAD_REQUEST.PERIOD_CLOSED": "the accounting period is closed in Xledger; reopen it or "
@@ -116,8 +128,11 @@ class XledgerAdapter(Adapter):
     config: XledgerConfig
 
     # -- transport ------------------------------------------------------------------------
-    def _post(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-        """One GraphQL request; sorts whole-request failures into the adapter error kinds."""
+    def _post(
+        self, query: str, variables: dict[str, Any], *, write: bool = False
+    ) -> dict[str, Any]:
+        """One GraphQL request; sorts whole-request failures into the adapter error kinds by
+        :func:`~integration_hub.adapters.base.classify_status`, then by Xledger's error codes."""
         self.requests_sent += 1
         headers = {"Authorization": f"token {self.config.api_token.get_secret_value()}"}
         try:
@@ -126,39 +141,47 @@ class XledgerAdapter(Adapter):
                 json={"query": query, "variables": variables},
                 headers=headers,
             )
-        except httpx.ConnectError as exc:
-            raise TransientError(f"Xledger could not be reached ({type(exc).__name__})") from None
-        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        except httpx.TransportError as exc:
+            if classify_transport_error(exc, write=write) is Answer.RETRY:
+                raise TransientError(
+                    f"Xledger could not be reached ({type(exc).__name__})"
+                ) from None
             raise OutcomeUnknown(
                 f"No complete answer from Xledger ({type(exc).__name__})"
             ) from None
-        if response.status_code in (401, 403):
+        status = response.status_code
+        answer = classify_status(status, write=write)
+        if status in (401, 403):
             raise RunAbort("Xledger refused the API token; enter a valid token and retry")
-        if response.status_code == 429:
+        if status == 429:
             raise TransientError("Xledger is throttling requests", _retry_after(response))
-        if response.status_code in (502, 503, 504):
-            raise TransientError(f"Xledger is unavailable (HTTP {response.status_code})")
-        if response.status_code >= 500:
-            raise OutcomeUnknown(
-                f"Xledger failed while handling the request ({response.status_code})"
-            )
+        if answer is Answer.RETRY:
+            raise TransientError(f"Xledger is unavailable (HTTP {status})", _retry_after(response))
+        if answer is Answer.UNKNOWN:
+            raise OutcomeUnknown(f"Xledger answered HTTP {status}; it may have stored the vouchers")
+        if answer is Answer.STOP:
+            raise RunAbort(f"Xledger refused the request (HTTP {status})")
         try:
             body = response.json()
         except ValueError:
-            raise RunAbort(
-                f"Xledger answered HTTP {response.status_code} with something that is not JSON"
-            ) from None
+            body = None
         if not isinstance(body, dict):
-            raise RunAbort("Xledger answered with an unexpected JSON shape")
+            if write:
+                raise OutcomeUnknown("Xledger's answer to the vouchers is unreadable") from None
+            raise TransientError("Xledger's answer is unreadable (not a JSON object)") from None
         request_errors = [e for e in body.get("errors") or [] if not e.get("clientId")]
-        for error in request_errors:
-            code = str(error.get("code", ""))
-            if code in RETRY_LATER_CODES:
-                raise TransientError(f"Xledger: {error.get('message', code)}")
         if request_errors:
             error = request_errors[0]
-            code = str(error.get("code", "UNKNOWN"))
-            raise RunAbort(f"Xledger: {error.get('message', 'error')} ({code})")
+            code = str(error.get("code", ""))
+            text = f"Xledger: {error.get('message', 'error')} ({code or 'no code'})"
+            if code in RETRY_LATER_CODES:
+                raise TransientError(text, RETRY_LATER_CODES[code])
+            if code in STOP_RUN_CODES:
+                raise RunAbort(text)
+            if write:
+                # Not documented as coming before processing: the vouchers may be stored.
+                raise OutcomeUnknown(f"{text}; it may have stored the vouchers")
+            raise TransientError(text)
         return body
 
     # -- operations -----------------------------------------------------------------------
@@ -250,7 +273,7 @@ class XledgerAdapter(Adapter):
             raise ValueError(f"at most {self.max_lines_per_request} lines per request")
         inputs = [_gl_input(row) for row in lines.itertuples(index=False)]
         before = self.requests_sent
-        body = self._post(ADD_MUTATION, {"inputs": inputs})
+        body = self._post(ADD_MUTATION, {"inputs": inputs}, write=True)
         return BatchResult(_record_results(lines, body), requests=self.requests_sent - before)
 
 

@@ -38,11 +38,12 @@ from integration_hub.tasks import extract as extract_step
 from integration_hub.tasks import lease as lease_step
 from integration_hub.tasks import notify
 from integration_hub.tasks.context import ExportNotReady, RunContext, load_context
-from integration_hub.tasks.load import LoadReport, RetryPolicy, load_lines, paced
+from integration_hub.tasks.load import LoadReport, RetryPolicy, load_lines, read_with_retry
 from integration_hub.tasks.pacing import Pacer, rate_limit_for, target_key
 from integration_hub.tasks.record import (
     fail_run,
     finish_run,
+    interrupt_dead_runs,
     outcome_frame,
     run_summary,
     start_run,
@@ -109,7 +110,12 @@ def validate(context: RunContext, lines: pd.DataFrame) -> tuple[pd.DataFrame, pd
     if lines.empty:
         return lines, empty_failures()
     adapter, integration = _adapter(context, purpose="read reference codes for validation")
-    codes = paced(adapter, _pacer(adapter), lambda: cached_reference_codes(adapter, integration))
+    codes = read_with_retry(
+        adapter,
+        RetryPolicy(),
+        lambda: cached_reference_codes(adapter, integration),
+        _pacer(adapter),
+    )
     postable = [c.code for c in codes if c.postable]
     schema = gl_lines_schema(
         accounts=postable, text_max_length=adapter.text_max_length, target_name=adapter.display_name
@@ -329,6 +335,7 @@ def run_pipeline(
         if not dry_run:
             what = f"{context.display_name} for {notify.organisation_slug(context.organisation_id)}"
             lease = lease_step.acquire(integration_id, run_id, what=what)
+            interrupt_dead_runs(integration_id, current_run_id=run_id)
         claims, skipped, extracted = extract(context, since, until, record_ids)
         lines, map_failures = map_fields(context, claims)
         valid, invalid = validate(context, lines)

@@ -37,14 +37,16 @@ class IntegrationStatus(StrEnum):
 class RunStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
-    PARTIAL = "partial"  # finished, some records failed
+    PARTIAL = "partial"  # finished, some records failed or wait to be confirmed
     FAILED = "failed"  # the run itself could not finish
+    INTERRUPTED = "interrupted"  # killed mid-way; marked by the next run of its integration
 
 
 class OutcomeStatus(StrEnum):
     EXPORTED = "exported"
     FAILED = "failed"
     SKIPPED = "skipped"
+    WAITING = "waiting"  # sent, the answer was lost: looked up after the settle time
 
 
 class LedgerState(StrEnum):
@@ -163,6 +165,7 @@ class SyncRun(SQLModel, table=True):
     exported: int = 0
     failed: int = 0
     skipped: int = 0
+    waiting: int = 0
     exported_amount_ore: int = Field(default=0, sa_type=Money)
     failed_amount_ore: int = Field(default=0, sa_type=Money)
     requests_sent: int = 0
@@ -216,6 +219,12 @@ class ExportLedger(SQLModel, table=True):
     amount_ore: int = Field(default=0, sa_type=Money)
     created_at: datetime = _ts(now=True)
     confirmed_at: datetime | None = _ts()
+    confirmed_run_id: int | None = Field(
+        default=None, description="The run that confirmed it, and so holds its exported outcome"
+    )
+    settle_after: datetime | None = _ts()
+    """A pending row is looked up at the target only from this moment (its request's answer
+    was lost, and a commit can land late); unset means at once."""
 
 
 class ExportLease(SQLModel, table=True):

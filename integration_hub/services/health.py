@@ -18,7 +18,9 @@ from sqlmodel import select
 from integration_hub.adapters.registry import UnknownIntegrationType, get_type
 from integration_hub.db import hub_session
 from integration_hub.models import (
+    ExportLedger,
     Integration,
+    LedgerState,
     Organisation,
     OutcomeStatus,
     RecordOutcome,
@@ -97,8 +99,19 @@ def integration_health(
         if row.last_test_status
         else None
     )
+    running = running_export(row, actor)
+    if (
+        last_run
+        and last_run["status"] == RunStatus.RUNNING.value
+        and (running is None or running["run_id"] != last_run["run_id"])
+    ):
+        # It holds no live lease: it died. The next run records it as interrupted (a read
+        # changes nothing here).
+        last_run["status"] = RunStatus.INTERRUPTED.value
     problems = []
-    if last_run and last_run["status"] == RunStatus.FAILED.value:
+    if last_run and last_run["status"] == RunStatus.INTERRUPTED.value:
+        problems.append("the last run stopped before it finished; the next run settles it")
+    elif last_run and last_run["status"] == RunStatus.FAILED.value:
         problems.append(f"the last run failed: {last_run['error'] or 'see the run'}")
     elif last_run and last_run["failed"]:
         problems.append(f"the last run has {last_run['failed']} failed record(s)")
@@ -121,8 +134,24 @@ def integration_health(
         ),
         "last_connection_test": test,
         "schedule": _schedule(schedule),
-        "running": running_export(row, actor),
+        "running": running,
+        "waiting": _waiting(row.id or 0),
     }
+
+
+def _waiting(integration_id: int) -> int:
+    """Records sent whose answer was lost: they wait to be confirmed by a later run."""
+    table = ExportLedger.__table__
+    with hub_session() as session:
+        count = session.execute(
+            select(func.count())
+            .select_from(table)
+            .where(
+                table.c.integration_id == integration_id,
+                table.c.state == LedgerState.PENDING.value,
+            )
+        ).scalar()
+    return int(count or 0)
 
 
 def _failures(run_id: int, limit: int) -> tuple[list[dict[str, Any]], int]:

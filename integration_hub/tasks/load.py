@@ -1,8 +1,15 @@
 """The load engine: chunks whole records into requests, keeps the ledger, retries what is safe.
 
-It is the same for every target; an adapter only answers ``load`` and ``lookup``. Retries cover
-whole-request trouble (rate limits, 5xx, dropped connections), never a record the target refused.
-An answer that never came is reconciled by looking the keys up before anything is sent again.
+It is the same for every target; an adapter only answers ``load`` and ``lookup`` and sorts each
+answer into the error tree of :mod:`integration_hub.adapters.base`. What the engine does:
+
+* ``TransientError`` (refused before processing): wait and send the same request again;
+* ``OutcomeUnknown`` (no clear answer: a timeout, a reset, a gateway 5xx, an unreadable body):
+  the records stay pending and *wait to be confirmed*. They are looked up at the target only
+  after the target's settle time (``Adapter.settle_s``), by a later run, because a commit can
+  land after the client gave up; found ones are exported by that run, absent ones sent again;
+* ``RunAbort`` (refused before processing, nothing more can succeed): release and stop;
+* a record the target refused is failed with its reason and never retried as is.
 """
 
 from __future__ import annotations
@@ -11,21 +18,24 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import pandas as pd
 
 from integration_hub.adapters.base import (
     Adapter,
+    AdapterError,
     OutcomeUnknown,
     RecordStatus,
     RunAbort,
     TransientError,
 )
 from integration_hub.ledger import Ledger, PendingRecord
-from integration_hub.models import OutcomeStatus
+from integration_hub.models import OutcomeStatus, utcnow
+from integration_hub.tasks.lease import DISPLAY_ZONE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,7 +47,14 @@ OUTCOME_COLUMNS = [
     "status",
     "reason",
     "target_reference",
+    "amount_ore",
 ]
+
+MAX_UNCLEAR_IN_A_ROW = 3
+"""After this many requests in a row got no clear answer, the run stops sending: a target that
+keeps failing after commit should not see the whole night's claims (they would all wait)."""
+
+Clock = Callable[[], datetime]
 
 
 @dataclass
@@ -70,13 +87,16 @@ class LoadReport:
         self,
         records: pd.DataFrame,
         status: OutcomeStatus,
-        reason: str | None = None,
-        references: dict[str, str] | None = None,
+        reason: str | Mapping[str, str] | None = None,
+        references: Mapping[str, str] | None = None,
     ) -> None:
-        for key, record_id, version in zip(
+        """One outcome per row of ``records`` (a :func:`records_of` frame); ``reason`` is one
+        text for all, or one per idempotency key."""
+        for key, record_id, version, amount in zip(
             records["idempotency_key"],
             records["record_id"],
             records["record_version"],
+            records["amount_ore"],
             strict=True,
         ):
             self.outcomes.append(
@@ -85,8 +105,24 @@ class LoadReport:
                     "record_version": int(version),
                     "idempotency_key": str(key),
                     "status": status.value,
-                    "reason": reason,
+                    "reason": reason.get(str(key)) if isinstance(reason, Mapping) else reason,
                     "target_reference": (references or {}).get(str(key)),
+                    "amount_ore": int(amount),
+                }
+            )
+
+    def add_pending(self, rows: list[PendingRecord], references: Mapping[str, str]) -> None:
+        """Exported outcomes for ledger rows this run confirmed at the target."""
+        for row in rows:
+            self.outcomes.append(
+                {
+                    "record_id": row.record_id,
+                    "record_version": row.record_version,
+                    "idempotency_key": row.idempotency_key,
+                    "status": OutcomeStatus.EXPORTED.value,
+                    "reason": None,
+                    "target_reference": references.get(row.idempotency_key),
+                    "amount_ore": row.amount_ore,
                 }
             )
 
@@ -139,30 +175,71 @@ def paced(adapter: Adapter, before_request: Hook, call: Callable[[], T]) -> T:
             before_request()
 
 
-def _lookup_with_retry(
-    adapter: Adapter, keys: list[str], policy: RetryPolicy, before_request: Hook = None
-) -> dict[str, str]:
+def read_with_retry(
+    adapter: Adapter, policy: RetryPolicy, call: Callable[[], T], before_request: Hook = None
+) -> T:
+    """A read (chart of accounts, lookups): a transient failure is waited out and tried again,
+    up to ``policy.attempts``; reads change nothing, so trying again is always safe."""
     for attempt in range(1, policy.attempts + 1):
         try:
-            return paced(adapter, before_request, functools.partial(adapter.lookup, keys))
-        except (TransientError, OutcomeUnknown) as exc:
+            return paced(adapter, before_request, call)
+        except TransientError as exc:
             if attempt == policy.attempts:
-                raise OutcomeUnknown(f"could not check the target: {exc}") from None
-            policy.sleep(policy.delay(attempt, getattr(exc, "retry_after", None)))
-    return {}
+                raise TransientError(f"{exc} (gave up after {attempt} attempts)") from None
+            policy.sleep(policy.delay(attempt, exc.retry_after))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def reconcile_pending(
-    adapter: Adapter, ledger: Ledger, policy: RetryPolicy, before_request: Hook = None
-) -> dict[str, str]:
-    """Settle rows an earlier run left pending: confirm what the target has, release the rest."""
-    pending = ledger.pending_keys()
-    if not pending:
-        return {}
-    found = _lookup_with_retry(adapter, pending, policy, before_request)
-    ledger.confirm(found)
-    ledger.release([key for key in pending if key not in found])
-    return found
+@dataclass
+class Settled:
+    """Earlier pending rows after :func:`settle_pending`."""
+
+    confirmed: dict[str, str] = field(default_factory=dict)
+    """key -> target reference: found at the target now, exported by this run."""
+    rows: list[PendingRecord] = field(default_factory=list)
+    """The ledger rows of ``confirmed`` (record, version, amount) for their outcomes."""
+    waiting: dict[str, datetime] = field(default_factory=dict)
+    """key -> when it may be looked up: still inside its settle time, left alone."""
+
+
+def settle_pending(
+    adapter: Adapter,
+    ledger: Ledger,
+    policy: RetryPolicy,
+    *,
+    now: datetime,
+    run_id: int | None,
+    before_request: Hook = None,
+) -> Settled:
+    """Settle rows earlier requests left pending whose settle time has passed: confirm what
+    the target has (this run then owns their outcome), release the rest so it can be sent.
+    Rows still inside their settle time are left alone: a commit may yet land."""
+    settled = Settled()
+    due: list[PendingRecord] = []
+    for row in ledger.pending():
+        if row.settle_after is not None and row.settle_after > now:
+            settled.waiting[row.idempotency_key] = row.settle_after
+        else:
+            due.append(row)
+    if not due:
+        return settled
+    keys = [row.idempotency_key for row in due]
+    found = read_with_retry(
+        adapter, policy, functools.partial(adapter.lookup, keys), before_request
+    )
+    ledger.confirm(found, run_id)
+    ledger.release([key for key in keys if key not in found])
+    settled.confirmed = found
+    settled.rows = [row for row in due if row.idempotency_key in found]
+    return settled
+
+
+def waiting_reason(target: str, cause: str, settle_after: datetime) -> str:
+    when = settle_after.astimezone(DISPLAY_ZONE).strftime("%Y-%m-%d %H:%M")
+    return (
+        f"sent, but {target} gave no clear answer ({cause}); waiting to be confirmed: it is "
+        f"looked up at {target} from {when} on, by the next run, before anything is sent again"
+    )
 
 
 def load_lines(
@@ -174,40 +251,63 @@ def load_lines(
     policy: RetryPolicy | None = None,
     progress: Callable[[int, int], None] | None = None,
     before_request: Hook = None,
+    clock: Clock = utcnow,
 ) -> LoadReport:
-    """Send ``lines`` (whole records) and say for every record: exported or failed, and why.
+    """Send ``lines`` (whole records) and say for every record: exported, failed and why, or
+    waiting to be confirmed; plus every earlier record this run settled at the target.
 
     ``before_request`` runs before every request to the target: the pipeline paces requests
     there (:class:`~integration_hub.tasks.pacing.Pacer`) and stops a run that lost its lease.
     """
     policy = policy or RetryPolicy()
     report = LoadReport()
-    if lines.empty:
-        return report
     adapter.requests_sent = 0
     try:
-        reconciled = reconcile_pending(adapter, ledger, policy, before_request)
-    except (OutcomeUnknown, RunAbort) as exc:
-        report.aborted = f"could not reconcile earlier unconfirmed exports: {exc}"
-        report.add(records_of(lines), OutcomeStatus.FAILED, f"not sent: {report.aborted}")
+        settled = settle_pending(
+            adapter, ledger, policy, now=clock(), run_id=run_id, before_request=before_request
+        )
+    except AdapterError as exc:
+        report.aborted = (
+            f"could not look up earlier unconfirmed exports at {adapter.display_name}: {exc}"
+        )
+        if not lines.empty:
+            report.add(records_of(lines), OutcomeStatus.FAILED, f"not sent: {report.aborted}")
         report.requests = adapter.requests_sent
         return report
-    # Confirmed already: reconciled just now, or sent by an earlier attempt of this task.
+    report.add_pending(settled.rows, settled.confirmed)
+    report.reconciled = len(settled.confirmed)
+    if lines.empty:
+        report.requests = adapter.requests_sent
+        return report
+    lines = lines[~lines["idempotency_key"].isin(list(settled.confirmed))]
+    waiting = lines["idempotency_key"].isin(list(settled.waiting))
+    if waiting.any():
+        held = records_of(lines[waiting])
+        report.add(
+            held,
+            OutcomeStatus.WAITING,
+            {
+                key: waiting_reason(adapter.display_name, "an earlier run", settled.waiting[key])
+                for key in held["idempotency_key"]
+            },
+        )
+        lines = lines[~waiting]
+    # Confirmed already by an earlier attempt of this run's load task.
     confirmed = ledger.exported_references(list(lines["idempotency_key"].unique()))
     if confirmed:
         done = lines["idempotency_key"].isin(list(confirmed))
         report.add(records_of(lines[done]), OutcomeStatus.EXPORTED, None, confirmed)
-        report.reconciled = len(set(confirmed) & set(reconciled))
         lines = lines[~done]
 
     total = lines["idempotency_key"].nunique()
     sent = 0
+    unclear_in_a_row = 0
     chunks = list(request_chunks(lines, adapter.max_lines_per_request))
     for index, chunk in enumerate(chunks):
         if report.aborted:
             report.add(records_of(chunk), OutcomeStatus.FAILED, f"not sent: {report.aborted}")
             continue
-        _send_chunk(
+        answered = _send_chunk(
             adapter,
             chunk,
             ledger=ledger,
@@ -215,7 +315,15 @@ def load_lines(
             policy=policy,
             report=report,
             before_request=before_request,
+            clock=clock,
         )
+        unclear_in_a_row = 0 if answered else unclear_in_a_row + 1
+        if unclear_in_a_row >= MAX_UNCLEAR_IN_A_ROW and not report.aborted:
+            report.aborted = (
+                f"{adapter.display_name} gave no clear answer to {unclear_in_a_row} requests in "
+                "a row; the run stopped, and their records are looked up before anything is "
+                "sent again"
+            )
         sent += chunk["idempotency_key"].nunique()
         if progress:
             progress(sent, total)
@@ -233,8 +341,12 @@ def _send_chunk(
     policy: RetryPolicy,
     report: LoadReport,
     before_request: Hook = None,
-) -> None:
+    clock: Clock = utcnow,
+) -> bool:
+    """Send one request's records until each has an outcome; False when the target gave no
+    clear answer (the records then wait to be confirmed)."""
     records = records_of(chunk)
+    in_flight_until = clock() + timedelta(seconds=adapter.read_timeout_s + adapter.settle_s)
     ledger.mark_pending(
         [
             PendingRecord(
@@ -243,6 +355,7 @@ def _send_chunk(
             for r in records.itertuples(index=False)
         ],
         run_id,
+        settle_after=in_flight_until,
     )
     remaining = chunk
     attempt = 0
@@ -259,30 +372,31 @@ def _send_chunk(
                     OutcomeStatus.FAILED,
                     f"{exc} (gave up after {attempt} attempts; retry later)",
                 )
-                return
+                return True
             policy.sleep(policy.delay(attempt, exc.retry_after))
             continue
         except OutcomeUnknown as exc:
+            if adapter.settle_s > 0:
+                _leave_waiting(adapter, ledger, remaining, str(exc), report, clock)
+                return False
+            # No settle time configured: look the keys up at once.
             try:
-                found = _lookup_with_retry(adapter, keys, policy, before_request)
-            except (OutcomeUnknown, RunAbort) as lookup_exc:
-                # Leave the rows pending: the next run reconciles them before sending.
+                found = read_with_retry(
+                    adapter, policy, functools.partial(adapter.lookup, keys), before_request
+                )
+            except AdapterError as lookup_exc:
+                _leave_waiting(adapter, ledger, remaining, f"{exc}; {lookup_exc}", report, clock)
                 if isinstance(lookup_exc, RunAbort):
                     report.aborted = str(lookup_exc)
-                report.add(
-                    records_of(remaining),
-                    OutcomeStatus.FAILED,
-                    f"{exc}; {lookup_exc}; it will be checked at the target before any new attempt",
-                )
-                return
+                return False
             if found:
-                ledger.confirm(found)
+                ledger.confirm(found, run_id)
                 confirmed = remaining[remaining["idempotency_key"].isin(list(found))]
                 report.add(records_of(confirmed), OutcomeStatus.EXPORTED, None, found)
                 report.reconciled += len(found)
                 remaining = remaining[~remaining["idempotency_key"].isin(list(found))]
             if remaining.empty:
-                return
+                return True
             if attempt >= policy.attempts:
                 ledger.release(list(remaining["idempotency_key"].unique()))
                 report.add(
@@ -290,14 +404,15 @@ def _send_chunk(
                     OutcomeStatus.FAILED,
                     f"{exc} (gave up after {attempt} attempts; retry later)",
                 )
-                return
+                return True
             policy.sleep(policy.delay(attempt))
             continue
         except RunAbort as exc:
+            # A refusal before processing (or before the request left): nothing was stored.
             ledger.release(keys)
             report.aborted = str(exc)
             report.add(records_of(remaining), OutcomeStatus.FAILED, f"not sent: {exc}")
-            return
+            return True
         exported = {
             r.idempotency_key: r.target_reference or ""
             for r in result.results
@@ -308,10 +423,28 @@ def _send_chunk(
             for r in result.results
             if r.status is RecordStatus.REJECTED
         }
-        ledger.confirm(exported)
+        ledger.confirm(exported, run_id)
         ledger.release(list(rejected))
         by_key = records_of(remaining).set_index("idempotency_key", drop=False)
         report.add(by_key.loc[list(exported)], OutcomeStatus.EXPORTED, None, exported)
-        for key, reason in rejected.items():
-            report.add(by_key.loc[[key]], OutcomeStatus.FAILED, reason)
-        return
+        report.add(by_key.loc[list(rejected)], OutcomeStatus.FAILED, rejected)
+        return True
+    return True
+
+
+def _leave_waiting(
+    adapter: Adapter,
+    ledger: Ledger,
+    remaining: pd.DataFrame,
+    cause: str,
+    report: LoadReport,
+    clock: Clock,
+) -> None:
+    """Keep the records pending until their settle time has passed, and say so."""
+    settle_after = clock() + timedelta(seconds=adapter.settle_s)
+    ledger.mark_unknown(list(remaining["idempotency_key"].unique()), settle_after)
+    report.add(
+        records_of(remaining),
+        OutcomeStatus.WAITING,
+        waiting_reason(adapter.display_name, cause, settle_after),
+    )

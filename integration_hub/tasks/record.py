@@ -123,7 +123,13 @@ def finish_run(
     """Store every outcome and the run's counts; returns the summary that flows print."""
     outcomes = outcomes.copy()
     amounts = details.set_index("record_id")["amount_ore"] if not details.empty else pd.Series()
-    outcomes["amount_ore"] = outcomes["record_id"].map(amounts)
+    from_details = outcomes["record_id"].map(amounts)
+    if "amount_ore" in outcomes:
+        # The load engine knows each sent record's amount, also for records of earlier runs
+        # it settled (which are not among this run's claims).
+        outcomes["amount_ore"] = outcomes["amount_ore"].astype("Int64").fillna(from_details)
+    else:
+        outcomes["amount_ore"] = from_details
     # Attempts count the tries to send a record: failed ones, and the one that finally worked.
     tried_ids = sorted(
         {int(i) for i in outcomes.loc[outcomes["status"] != OutcomeStatus.SKIPPED, "record_id"]}
@@ -157,7 +163,7 @@ def finish_run(
 
     if error:
         status = RunStatus.FAILED
-    elif by_status[OutcomeStatus.FAILED]:
+    elif by_status[OutcomeStatus.FAILED] or by_status[OutcomeStatus.WAITING]:
         status = RunStatus.PARTIAL
     else:
         status = RunStatus.SUCCEEDED
@@ -170,6 +176,7 @@ def finish_run(
         run.exported = by_status[OutcomeStatus.EXPORTED]
         run.failed = by_status[OutcomeStatus.FAILED]
         run.skipped = by_status[OutcomeStatus.SKIPPED]
+        run.waiting = by_status[OutcomeStatus.WAITING]
         run.exported_amount_ore = amount(OutcomeStatus.EXPORTED)
         run.failed_amount_ore = amount(OutcomeStatus.FAILED)
         run.requests_sent = requests_sent
@@ -193,15 +200,21 @@ def finish_run(
         .value_counts()
         .to_dict()
     )
+    summary["waiting_reasons"] = (
+        outcomes.loc[outcomes["status"] == OutcomeStatus.WAITING.value, "reason"]
+        .value_counts()
+        .to_dict()
+    )
     return summary
 
 
-def fail_run(run_id: int, error: str) -> None:
-    """Mark a run that could not finish.
+def fail_run(run_id: int, error: str, status: RunStatus = RunStatus.FAILED) -> None:
+    """Mark a run that could not finish (or, ``INTERRUPTED``, that was killed).
 
-    What it had already sent and the target confirmed (its ledger rows) still gets an
-    ``exported`` outcome of this run: a run that crashed after posting would otherwise leave those
-    records without any outcome, since later runs skip them as already exported.
+    What it had already sent and the target confirmed (the ledger rows it confirmed) still gets
+    an ``exported`` outcome of this run: a run that crashed after posting would otherwise leave
+    those records without any outcome, since later runs skip them as already exported. What it
+    left pending is settled, and recorded, by the run that looks it up.
     """
     ledger = ExportLedger.__table__
     with hub_session() as session:
@@ -222,7 +235,10 @@ def fail_run(run_id: int, error: str) -> None:
                     ledger.c.idempotency_key,
                     ledger.c.target_reference,
                     ledger.c.amount_ore,
-                ).where(ledger.c.run_id == run_id, ledger.c.state == LedgerState.EXPORTED.value)
+                ).where(
+                    ledger.c.confirmed_run_id == run_id,
+                    ledger.c.state == LedgerState.EXPORTED.value,
+                )
             ).all()
         )
     previous = _previous_failures(run.integration_id, sorted({r.record_id for r in sent}))
@@ -254,10 +270,39 @@ def fail_run(run_id: int, error: str) -> None:
             )
             run.exported = len(sent)
             run.exported_amount_ore = sum(int(r.amount_ore) for r in sent)
-        run.status = RunStatus.FAILED.value
+        run.status = status.value
         run.error = error[:2000]
         run.finished_at = now
         session.add(run)
+
+
+def interrupt_dead_runs(integration_id: int, *, current_run_id: int) -> list[int]:
+    """Mark this integration's runs that still say "running" but died (killed process, lost
+    host) as interrupted, with what they had confirmed; their ids.
+
+    Only called by a run that holds the integration's export lease: one export at a time, so
+    every other non-dry run still "running" is dead. Dry runs take no lease and are left alone.
+    """
+    with hub_session() as session:
+        dead = list(
+            session.scalars(
+                select(SyncRun.id).where(
+                    SyncRun.integration_id == integration_id,
+                    SyncRun.status == RunStatus.RUNNING.value,
+                    SyncRun.dry_run == False,  # noqa: E712
+                    SyncRun.id != current_run_id,
+                )
+            )
+        )
+    for run_id in dead:
+        fail_run(
+            run_id,
+            "the run stopped before it finished (its process was killed or its machine "
+            f"stopped); found by run {current_run_id}: what it had sent but not confirmed is "
+            "looked up at the target and recorded by the run that finds it",
+            RunStatus.INTERRUPTED,
+        )
+    return [int(r) for r in dead if r is not None]
 
 
 class NothingToRetry(ValueError):
@@ -319,6 +364,7 @@ def run_summary(run: SyncRun) -> dict[str, Any]:
         "exported": run.exported,
         "failed": run.failed,
         "skipped": run.skipped,
+        "waiting": run.waiting,
         "exported_amount_ore": run.exported_amount_ore,
         "failed_amount_ore": run.failed_amount_ore,
         "requests_sent": run.requests_sent,

@@ -35,8 +35,10 @@ STATUS_LABELS = {
     "succeeded": "Succeeded",
     "partial": "Partly done",
     "failed": "Failed",
+    "interrupted": "Interrupted",
     "exported": "Exported",
     "skipped": "Skipped",
+    "waiting": "Waiting to be confirmed",
     "ok": "OK",
 }
 """Status codes as people read them (English source text; the catalogue has bokmål)."""

@@ -27,6 +27,9 @@ class RunOut(BaseModel):
     exported: int
     failed: int
     skipped: int
+    waiting: int = Field(
+        default=0, description="Sent, but the target's answer was lost: confirmed by a later run"
+    )
     exported_amount_ore: int
     failed_amount_ore: int
     requests_sent: int
@@ -237,6 +240,9 @@ class HealthOut(BaseModel):
     last_connection_test: ConnectionTestSummary | None
     schedule: ScheduleSummary | None
     running: RunningOut | None
+    waiting: int = Field(
+        default=0, description="Records sent whose answer was lost, waiting to be confirmed"
+    )
 
 
 class DayCountOut(BaseModel):
