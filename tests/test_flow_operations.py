@@ -81,7 +81,13 @@ def test_retry_story_fix_the_mapping_retry_and_the_failures_become_exports(
     (call,) = webhook_receiver.received
     payload = call["json"]
     assert payload["event"] == "export.failures"
-    assert payload["counts"] == {"extracted": 5, "exported": 2, "failed": 3, "skipped": 0}
+    assert payload["counts"] == {
+        "extracted": 5,
+        "exported": 2,
+        "failed": 3,
+        "skipped": 0,
+        "waiting": 0,
+    }
     assert payload["run_id"] == first["run_id"] and payload["organisation"] == "testorg"
     for secret_or_content in ("Frivillig", "44,00", "4400", "7145", "toll", hook, "s3cr3t"):
         assert secret_or_content not in call["body"]

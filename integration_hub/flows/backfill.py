@@ -39,6 +39,7 @@ COUNTS = (
     "exported",
     "failed",
     "skipped",
+    "waiting",
     "requests_sent",
     "exported_amount_ore",
 )
@@ -100,7 +101,12 @@ def backfill_exports(
             entry.update({name: summary[name] for name in COUNTS if name in summary})
             entry.update(run_id=summary["run_id"], status=summary["status"])
             entry["already_exported"] = max(
-                0, entry["extracted"] - entry["exported"] - entry["failed"] - entry["skipped"]
+                0,
+                entry["extracted"]
+                - entry["exported"]
+                - entry["failed"]
+                - entry["skipped"]
+                - entry.get("waiting", 0),
             )
         chunks.append(entry)
         logger.info(

@@ -107,7 +107,7 @@ def run_payload(
         "window": summary.get("window"),
         "counts": {
             name: int(summary.get(name) or 0)
-            for name in ("extracted", "exported", "failed", "skipped")
+            for name in ("extracted", "exported", "failed", "skipped", "waiting")
         },
         "requests_sent": int(summary.get("requests_sent") or 0),
         "link": flow_run_link(summary.get("flow_run_id")),
