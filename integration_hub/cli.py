@@ -472,7 +472,8 @@ def sync(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, send nothing.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's logs.")] = False,
 ) -> None:
-    """Export now. Exit 0 when every record exported or skipped, 1 when some failed."""
+    """Export now. Exit 0 when every record exported or skipped, 1 when some failed or wait
+    to be confirmed."""
     from integration_hub.prefect_env import configure_prefect
     from integration_hub.services.sync import run_export
 
