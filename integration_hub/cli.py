@@ -29,18 +29,44 @@ vault_app = typer.Typer(help="The credential vault's keys.", no_args_is_help=Tru
 sandbox_app = typer.Typer(help="Local stand-ins for the target systems.", no_args_is_help=True)
 credentials_app = typer.Typer(help="Stored credentials (masked).", no_args_is_help=True)
 mappings_app = typer.Typer(help="Field mappings.", no_args_is_help=True)
+endpoints_app = typer.Typer(
+    help="Hosts the hub may send to besides each service's own (operators only).",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(vault_app, name="vault")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(credentials_app, name="credentials")
 app.add_typer(mappings_app, name="mappings")
+app.add_typer(endpoints_app, name="endpoints")
 
 F = TypeVar("F", bound=Callable[..., Any])
 CLI_ACTOR_NAME = "cli:" + (os.environ.get("USER") or "operator")
 
 
+@app.callback()
+def keep_state_private() -> None:
+    """Runs before every command (``serve`` and ``web`` included), so that everything the hub,
+    the Prefect server and the flow runs it starts create is private to the hub's user; a
+    ``var/`` left open by an older version is closed once, with a note (private_files.py)."""
+    from integration_hub.private_files import make_private, restrict_new_files
+    from integration_hub.settings import get_settings
+
+    restrict_new_files()
+    try:
+        tightened = make_private(get_settings().var_dir)
+    except OSError as exc:
+        tightened = f"could not make {get_settings().var_dir} private: {exc.strerror or exc}"
+    if tightened:
+        typer.secho(f"Note: {tightened}", err=True, fg=typer.colors.YELLOW)
+
+
 def echo_err(message: str) -> None:
-    typer.secho(message, err=True, fg=typer.colors.RED)
+    """An error on stderr; it may quote a target or the volunteer app, so control characters
+    are replaced (``safe_text``)."""
+    from integration_hub.untrusted import safe_text
+
+    typer.secho(safe_text(message), err=True, fg=typer.colors.RED)
 
 
 def friendly_errors(command: F) -> F:
@@ -123,10 +149,11 @@ def db_upgrade() -> None:
 def orgs() -> None:
     """List organisations and the integration types each is offered."""
     from integration_hub.services import configuration as config
+    from integration_hub.untrusted import safe_text
 
     for org in config.list_organisations(actor()):
         offered = ", ".join(t.key for t in config.available_types(org)) or "none"
-        typer.echo(f"{org.slug:<20} {org.name:<40} offered: {offered}")
+        typer.echo(safe_text(f"{org.slug:<20} {org.name:<40} offered: {offered}"))
 
 
 @app.command("types")
@@ -178,15 +205,21 @@ def setup(
     ] = None,
 ) -> None:
     """The setup wizard: credentials, connection test, mapping, schedule, exclusions."""
-    import yaml
-
     from integration_hub.services.errors import InvalidInput
+    from integration_hub.untrusted import (
+        MAX_YAML_BYTES,
+        DocumentRefused,
+        load_yaml,
+        read_text_file,
+        safe_text,
+    )
 
     if from_file is not None:
         try:
-            answers = yaml.safe_load(from_file.read_text("utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise InvalidInput(f"cannot read {from_file}: {exc}") from None
+            text = read_text_file(from_file, max_bytes=MAX_YAML_BYTES)
+            answers = load_yaml(text, what=str(from_file)) or {}
+        except DocumentRefused as exc:
+            raise InvalidInput(f"the setup file cannot be used: {exc}") from None
         if not isinstance(answers, dict):
             raise InvalidInput(f"{from_file} must be a YAML mapping")
         summary = setup_from_answers(org, type_key, answers, base_dir=from_file.parent)
@@ -194,7 +227,7 @@ def setup(
         summary = setup_interactive(org, type_key)
     typer.echo("")
     for line in summary:
-        typer.echo(line)
+        typer.echo(safe_text(line))
 
 
 def setup_from_answers(
@@ -269,6 +302,7 @@ def setup_interactive(org: str, type_key: str) -> list[str]:
     from integration_hub.mappings.spec import load_mapping_file
     from integration_hub.services import alerts
     from integration_hub.services import configuration as config
+    from integration_hub.untrusted import safe_text
 
     who = actor()
     row = _integration(org, type_key, create=True)
@@ -287,7 +321,7 @@ def setup_interactive(org: str, type_key: str) -> list[str]:
     config.save_configuration(row, {k: v for k, v in values.items() if v}, who)
     typer.echo("Step 2/5 connection test ...")
     result, _alert = alerts.check_connection(row, who)
-    typer.echo(f"  {result.status} in {result.elapsed_ms} ms: {result.detail}")
+    typer.echo(safe_text(f"  {result.status} in {result.elapsed_ms} ms: {result.detail}"))
     typer.echo("Step 3/5 field mapping")
     if adapter_type.default_mapping is None:
         typer.echo(f"  none needed for {adapter_type.display_name}")
@@ -300,7 +334,7 @@ def setup_interactive(org: str, type_key: str) -> list[str]:
             document = load_mapping_file(Path(path))
         problems = config.check_mapping(row, document, who)
         for problem in problems:
-            typer.secho(f"  {problem}", fg=typer.colors.YELLOW)
+            typer.secho(safe_text(f"  {problem}"), fg=typer.colors.YELLOW)
         accept = not problems or typer.confirm("  save the mapping despite these warnings?")
         if accept:
             version, _ = config.save_mapping(row, document, who, accept_warnings=True)
@@ -325,6 +359,44 @@ def setup_interactive(org: str, type_key: str) -> list[str]:
 
 
 # -- credentials, connection, mappings, exclusions -----------------------------------------------
+@endpoints_app.command("list")
+@friendly_errors
+def endpoints_list() -> None:
+    """Hosts allowed besides each service's own, and where each entry comes from."""
+    from integration_hub.services import endpoints
+
+    stored, from_env = endpoints.allowed_hosts()
+    if not stored and not from_env:
+        typer.echo("only the services' own hosts (https); nothing else is allowed")
+    for entry in stored:
+        typer.echo(f"{entry}  (var/operator.toml)")
+    for entry in from_env:
+        typer.echo(f"{entry}  (INTEGRATIONS_ALLOWED_HOSTS)")
+
+
+@endpoints_app.command("allow")
+@friendly_errors
+def endpoints_allow(
+    host: Annotated[str, typer.Argument(help="A host name, an IP address or a network.")],
+) -> None:
+    """Let integrations send to HOST (a local sandbox, an on-premises server), http included."""
+    from integration_hub.services import endpoints
+
+    hosts = endpoints.allow(host, actor())
+    typer.echo(f"allowed: {', '.join(hosts)}")
+
+
+@endpoints_app.command("disallow")
+@friendly_errors
+def endpoints_disallow(host: str) -> None:
+    """Take HOST off the list; integrations pointing there stop sending to it."""
+    from integration_hub.services import endpoints
+
+    hosts = endpoints.disallow(host, actor())
+    shown = ", ".join(hosts) or "only the services' own hosts"
+    typer.echo(f"allowed: {shown}")
+
+
 @credentials_app.command("show")
 @friendly_errors
 def credentials_show(org: str, type_key: Annotated[str, typer.Argument(metavar="TYPE")]) -> None:
@@ -341,12 +413,13 @@ def credentials_show(org: str, type_key: Annotated[str, typer.Argument(metavar="
 def test_connection(org: str, type_key: Annotated[str, typer.Argument(metavar="TYPE")]) -> None:
     """Check the stored credentials against the target (answers within 10 seconds)."""
     from integration_hub.services import alerts
+    from integration_hub.untrusted import safe_text
 
     result, alert = alerts.check_connection(_integration(org, type_key), actor())
     colour = typer.colors.GREEN if result.ok else typer.colors.RED
-    typer.secho(f"{result.status}: {result.detail} ({result.elapsed_ms} ms)", fg=colour)
+    typer.secho(safe_text(f"{result.status}: {result.detail} ({result.elapsed_ms} ms)"), fg=colour)
     if alert and alert != "no webhook":
-        typer.echo(f"alert: {alert}")
+        typer.echo(safe_text(f"alert: {alert}"))
     raise typer.Exit(0 if result.ok else 1)
 
 
@@ -361,6 +434,7 @@ def mappings_validate(
     from integration_hub.mappings.spec import load_mapping_file
     from integration_hub.mappings.validator import has_errors
     from integration_hub.services import configuration as config
+    from integration_hub.untrusted import safe_text
 
     row = _integration(org, type_key)
     if file is not None:
@@ -373,7 +447,7 @@ def mappings_validate(
         typer.secho(f"{label}: no problems", fg=typer.colors.GREEN)
     for problem in problems:
         colour = typer.colors.RED if problem.severity == "error" else typer.colors.YELLOW
-        typer.secho(str(problem), fg=colour)
+        typer.secho(safe_text(problem), fg=colour)
     raise typer.Exit(1 if has_errors(problems) else 0)
 
 
@@ -419,7 +493,10 @@ def exclusions(
 
 # -- exports -----------------------------------------------------------------------------------
 def print_summary(summary: dict[str, Any]) -> None:
+    """A run's outcome; text from the volunteer app or a target goes through ``safe_text``
+    (a volunteer's name may carry escape sequences meant for the operator's terminal)."""
     from integration_hub.money import format_nok
+    from integration_hub.untrusted import safe_text
 
     title = "Dry run" if summary.get("dry_run") else "Export"
     typer.secho(
@@ -430,8 +507,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         typer.echo(f"  would export {summary['would_export']} records; nothing was sent")
         for line in summary.get("preview", []):
             typer.echo(
-                f"    {line['document']:<12} {line['account']:<6} "
-                f"{line['amount']:>12} {line['date']} {line['text'][:60]}"
+                safe_text(
+                    f"    {line['document']:<12} {line['account']:<6} "
+                    f"{line['amount']:>12} {line['date']} {line['text'][:60]}"
+                )
             )
     typer.echo(
         f"  extracted {summary['extracted']}, exported {summary['exported']} "
@@ -442,22 +521,24 @@ def print_summary(summary: dict[str, Any]) -> None:
     if summary.get("retry_of_run_id"):
         typer.echo(f"  retry of the failed records of run {summary['retry_of_run_id']}")
     if summary.get("error"):
-        typer.secho(f"  stopped: {summary['error']}", fg=typer.colors.RED)
+        typer.secho(safe_text(f"  stopped: {summary['error']}"), fg=typer.colors.RED)
     for failure in summary.get("failures", []):
         who = failure.get("volunteer_name") or ""
         what = failure.get("category") or ""
         amount = format_nok(failure["amount_ore"]) if failure.get("amount_ore") else ""
         typer.secho(
-            f"  failed  claim {failure['record_id']} ({what}, {amount}, {who}), attempt "
-            f"{failure['attempt']}: {failure['reason']}",
+            safe_text(
+                f"  failed  claim {failure['record_id']} ({what}, {amount}, {who}), attempt "
+                f"{failure['attempt']}: {failure['reason']}"
+            ),
             fg=typer.colors.YELLOW,
         )
     for reason, count in summary.get("skipped_reasons", {}).items():
-        typer.echo(f"  skipped {count} x {reason}")
+        typer.echo(safe_text(f"  skipped {count} x {reason}"))
     for reason, count in summary.get("waiting_reasons", {}).items():
-        typer.secho(f"  waiting {count} x {reason}", fg=typer.colors.CYAN)
+        typer.secho(safe_text(f"  waiting {count} x {reason}"), fg=typer.colors.CYAN)
     if summary.get("alert") and summary["alert"] != "no webhook":
-        typer.echo(f"  alert webhook: {summary['alert']}")
+        typer.echo(safe_text(f"  alert webhook: {summary['alert']}"))
     if summary.get("failures") and not summary.get("dry_run"):
         typer.echo(f"  retry the failures: integrations retry {summary['run_id']}")
 
@@ -525,15 +606,44 @@ def runs(
 
 
 # -- vault, sandbox, demo ----------------------------------------------------------------------
+def _backup_reminder() -> str:
+    """Said after every change to the key ring: a ring that exists only on this disk is one
+    failed disk away from every stored credential being lost."""
+    from integration_hub.settings import get_settings
+    from integration_hub.vault import keys_from_environment
+    from integration_hub.vault.errors import display_path
+
+    settings = get_settings()
+    if keys_from_environment(settings):
+        return (
+            "The keys come from INTEGRATIONS_VAULT_KEYS: keep a backup of its current value "
+            "apart from the database; without it the stored credentials cannot be read."
+        )
+    return (
+        f"Back up {display_path(settings.key_file)} now, apart from the database: without it "
+        "the stored credentials cannot be read."
+    )
+
+
 @vault_app.command("init")
 @friendly_errors
-def vault_init() -> None:
-    """Write a new vault key file (mode 0600). Refuses to overwrite one."""
-    from integration_hub.settings import get_settings
-    from integration_hub.vault import init_key_file
+def vault_init(
+    discard_credentials: Annotated[
+        bool,
+        typer.Option(
+            "--discard-credentials",
+            help="Only when the old key ring is lost for good: delete the credentials stored "
+            "under it (they must be entered again) and create a new ring.",
+        ),
+    ] = False,
+) -> None:
+    """Write a new vault key file (mode 0600). Refuses to overwrite one, and refuses while
+    credentials encrypted under another key ring are stored."""
+    from integration_hub.vault.lifecycle import init_key_ring
 
-    path = init_key_file(get_settings().key_file)
-    typer.echo(f"wrote a new vault key to {path} (mode 0600); back it up somewhere safe")
+    path = init_key_ring(discard_credentials=discard_credentials, actor=CLI_ACTOR_NAME)
+    typer.echo(f"wrote a new vault key to {path} (mode 0600)")
+    typer.echo(_backup_reminder())
 
 
 @vault_app.command("rotate")
@@ -543,12 +653,60 @@ def vault_rotate(
         bool, typer.Option("--new-key/--no-new-key", help="Add a key version first.")
     ] = True,
 ) -> None:
-    """Re-encrypt every credential under a new primary key. Safe to re-run."""
+    """Re-encrypt every credential under a new primary key. Safe to re-run. Exit 0 when every
+    credential uses the primary key afterwards, 1 when some could not be re-encrypted."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from integration_hub.services import configuration as config
     from integration_hub.settings import get_settings
     from integration_hub.vault import rotate_key_file
 
-    report = rotate_key_file(get_settings(), new_key=new_key)
-    typer.echo(str(report))
+    report = rotate_key_file(get_settings(), new_key=new_key, actor=CLI_ACTOR_NAME)
+    typer.echo(
+        f"key version {report.primary_version} is the primary: {report.rotated} credential(s) "
+        f"re-encrypted, {report.already_current} already used it"
+    )
+    if report.failed:
+        try:
+            names = {o.id: o.slug for o in config.list_organisations(actor())}
+        except SQLAlchemyError:  # the volunteer app's database is down: ids will do
+            names = {}
+        typer.secho(
+            f"{len(report.failed)} credential(s) could not be re-encrypted and still use their "
+            "old key version:",
+            fg=typer.colors.RED,
+        )
+        for failure in report.failed:
+            label = failure.label(names.get(failure.organisation_id))
+            typer.secho(f"  {label}: {failure.reason}", fg=typer.colors.RED)
+        typer.echo(
+            "Keep those key versions in the ring. Enter these credentials again (setup wizard "
+            "or `integrations setup`), or restore the key ring they were encrypted with, then "
+            "run `integrations vault rotate --no-new-key`."
+        )
+    typer.echo(_backup_reminder())
+    raise typer.Exit(0 if report.complete else 1)
+
+
+@vault_app.command("retire")
+@friendly_errors
+def vault_retire(
+    version: Annotated[int, typer.Argument(min=1, help="The key version to remove.")],
+) -> None:
+    """Remove an old key version from the key ring once no credential uses it (after `vault
+    rotate`). Restart `serve` and `web` after a rotation before retiring the old version."""
+    from integration_hub.vault.lifecycle import retire_key_version
+
+    retired = retire_key_version(version, actor=CLI_ACTOR_NAME)
+    left = ", ".join(map(str, retired.remaining))
+    if not retired.written:
+        typer.echo(
+            f"No stored credential uses key version {version}: remove it from "
+            f"{retired.source} (keep versions {left}) and restart the hub's processes."
+        )
+        return
+    typer.echo(f"removed key version {version} from {retired.source}; versions left: {left}")
+    typer.echo(_backup_reminder())
 
 
 @sandbox_app.command("serve")

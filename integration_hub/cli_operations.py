@@ -137,34 +137,38 @@ def health(
 
 
 def _print_health(out: Any, report: dict[str, Any]) -> None:
+    """One integration's health. Text from the volunteer app or a target (names, reasons,
+    errors) goes through ``rich_text``: control characters replaced, rich markup escaped."""
     from rich.table import Table
+
+    from integration_hub.untrusted import rich_text as safe
 
     verdict = "[green]healthy[/]" if report["healthy"] else "[yellow]needs attention[/]"
     out.print(
-        f"\n[bold]{report['target']} for {report['organisation']}[/] "
+        f"\n[bold]{safe(report['target'])} for {safe(report['organisation'])}[/] "
         f"({report['status']}): {verdict}"
     )
     for problem in report["problems"]:
-        out.print(f"  [yellow]•[/] {problem}")
+        out.print(f"  [yellow]•[/] {safe(problem)}")
     last = report["last_run"]
     if last is None:
         out.print("  no export has run yet")
     else:
         out.print(runs_table([last], title="Last run"))
         if last.get("error"):
-            out.print(f"  [red]stopped:[/] {last['error']}")
+            out.print(f"  [red]stopped:[/] {safe(last['error'])}")
     if report["failures"]:
         table = Table(title=f"Failures of run #{last['run_id']}", title_justify="left")
         for name in ("record", "category", "amount", "volunteer", "attempts", "reason"):
             table.add_column(name, justify="right" if name in ("amount", "attempts") else "left")
         for failure in report["failures"]:
             table.add_row(
-                failure["record"],
-                failure["category"] or "",
-                failure["amount"] or "",
-                failure["volunteer"] or "",
+                safe(failure["record"]),
+                safe(failure["category"]),
+                safe(failure["amount"]),
+                safe(failure["volunteer"]),
                 str(failure["attempt"]),
-                failure["reason"] or "",
+                safe(failure["reason"]),
             )
         out.print(table)
         more = report["failures_total"] - len(report["failures"])
@@ -180,7 +184,7 @@ def _print_health(out: Any, report: dict[str, Any]) -> None:
         colour = "green" if test["status"] == "ok" else "red"
         out.print(
             f"  connection test: [{colour}]{test['status']}[/] at {when(test['at'])}: "
-            f"{test['detail'] or ''}"
+            f"{safe(test['detail'])}"
         )
     else:
         out.print("  connection test: never run (integrations test-connection ORG TYPE)")
@@ -188,10 +192,11 @@ def _print_health(out: Any, report: dict[str, Any]) -> None:
     if schedule is None:
         out.print("  schedule: none")
     elif not schedule["enabled"]:
-        out.print(f"  schedule: disabled ({schedule['cron']}, {schedule['timezone']})")
+        out.print(f"  schedule: disabled ({safe(schedule['cron'])}, {safe(schedule['timezone'])})")
     else:
         out.print(
-            f"  next run: {when(schedule['next_run'])} ({schedule['cron']}, {schedule['timezone']})"
+            f"  next run: {when(schedule['next_run'])} "
+            f"({safe(schedule['cron'])}, {safe(schedule['timezone'])})"
         )
     if report["running"]:
         running = report["running"]
@@ -374,6 +379,7 @@ def alerts(
     """
     from integration_hub.services import alerts as alert_service
     from integration_hub.services.errors import InvalidInput
+    from integration_hub.untrusted import safe_text
 
     if webhook_from_env and remove:
         raise InvalidInput("give either --webhook-from-env or --remove")
@@ -397,7 +403,7 @@ def alerts(
         typer.echo(f"alert webhook for {org}: {shown['webhook'] or 'none'}")
         for entry in shown["recent"]:
             run = f" run {entry['run_id']}" if entry.get("run_id") else ""
-            typer.echo(f"  {when(entry['at'])} {entry['event']}{run}: {entry['result']}")
+            typer.echo(safe_text(f"  {when(entry['at'])} {entry['event']}{run}: {entry['result']}"))
 
 
 # -- Bufdir report -----------------------------------------------------------------------------
@@ -442,8 +448,11 @@ def report_failures(summary: dict[str, Any]) -> list[tuple[str, list[int]]]:
 
 
 def print_report(out: Any, summary: dict[str, Any]) -> None:
-    from rich.markup import escape
+    """A Bufdir report run; reasons and municipalities come from the volunteer app, so they go
+    through ``rich_text`` (control characters replaced, markup escaped)."""
     from rich.table import Table
+
+    from integration_hub.untrusted import rich_text as safe
 
     delivered = summary["report"]
     out.print(
@@ -456,10 +465,10 @@ def print_report(out: Any, summary: dict[str, Any]) -> None:
         f"failed {summary['failed']} (of {summary['extracted']})"
     )
     for reason, count in summary.get("skipped_reasons", {}).items():
-        out.print(f"  skipped {count} x {escape(str(reason))}")
+        out.print(f"  skipped {count} x {safe(str(reason))}")
     for reason, ids in report_failures(summary):
         shown = ", ".join(str(i) for i in ids[:10]) + (" …" if len(ids) > 10 else "")
-        out.print(f"  [yellow]failed {len(ids)} x[/] {escape(reason)} (activities {shown})")
+        out.print(f"  [yellow]failed {len(ids)} x[/] {safe(reason)} (activities {shown})")
     totals = summary.get("municipalities") or []
     if totals:
         table = Table(title="Per municipality", title_justify="left")
@@ -474,7 +483,7 @@ def print_report(out: Any, summary: dict[str, Any]) -> None:
             table.add_column(name, justify="left" if name == "municipality" else "right")
         for row in totals:
             table.add_row(
-                row["municipality_number"],
+                safe(row["municipality_number"]),
                 str(row["activities"]),
                 str(row["participants"]),
                 str(row["participant_days"]),

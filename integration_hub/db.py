@@ -11,6 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 
+from integration_hub.private_files import create_private_file
 from integration_hub.settings import get_settings
 
 Side = Literal["hub", "app"]
@@ -40,11 +41,13 @@ def engine_for(url: str) -> Engine:
 
 
 def _create(url: str) -> Engine:
-    """SQLite gets WAL and a busy timeout so concurrent runs wait instead of failing."""
+    """SQLite gets WAL and a busy timeout so concurrent runs wait instead of failing, and a
+    new database file is created 0600 in a 0700 directory (it holds the hub's audit log and
+    run history), whatever the process's umask."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
+            create_private_file(Path(parsed.database))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -30,6 +30,7 @@ from integration_hub.models import (
 )
 from integration_hub.money import mileage_ore
 from integration_hub.settings import get_settings
+from integration_hub.untrusted import safe_text
 
 ORGANISATIONS = {
     "blindeforbundet": {
@@ -212,13 +213,22 @@ def run_demo(*, verbose: bool = False) -> dict[str, Any]:
 
     configure_prefect(verbose=verbose)
     settings = get_settings()
-    from integration_hub.vault import init_key_file
+    from integration_hub.vault.lifecycle import init_key_ring
 
-    if not settings.vault_keys and not settings.key_file.exists():
-        init_key_file(settings.key_file)
-        typer.echo(f"created a vault key at {settings.key_file}")
     upgrade("hub")
     upgrade("app")
+    if not settings.vault_keys and not settings.key_file.exists():
+        # Refuses (and says how to put the old ring back) if credentials of another ring exist.
+        init_key_ring(settings)
+        typer.echo(f"created a vault key at {settings.key_file}")
+    # The sandboxes listen on this machine: an operator's decision, recorded in var/ so the
+    # README's later commands reach them too.
+    from integration_hub.services import endpoints
+    from integration_hub.services.configuration import OPERATOR
+
+    if "127.0.0.1" not in endpoints.stored_hosts():
+        endpoints.allow("127.0.0.1", OPERATOR)
+        typer.echo("allowed the local sandboxes' host 127.0.0.1 (integrations endpoints list)")
     ids = seed(random.Random(20261124), date.today())
     _feature_flags(ids)
     typer.echo(
@@ -258,7 +268,7 @@ def run_demo(*, verbose: bool = False) -> dict[str, Any]:
         )
         typer.secho("\nSetup wizard (blindeforbundet, Xledger)", bold=True)
         for line in lines:
-            typer.echo(f"  {line}")
+            typer.echo(safe_text(f"  {line}"))
         from integration_hub.services.configuration import Actor
         from integration_hub.services.sync import run_export
 
@@ -321,7 +331,7 @@ def _demo_business_central(organisation_id: int) -> None:
         )
         typer.secho("\nSetup wizard (hlf, Business Central)", bold=True)
         for line in lines:
-            typer.echo(f"  {line}")
+            typer.echo(safe_text(f"  {line}"))
         typer.secho("\nRunning the export flow ...", bold=True)
         summary = run_export("hlf", "dynamics", Actor("demo"), trigger="manual")
         typer.echo("")
@@ -365,7 +375,7 @@ def _demo_bufdir(today: date) -> None:
             )
             typer.secho(f"\nSetup wizard ({slug}, Bufdir)", bold=True)
             for line in lines:
-                typer.echo(f"  {line}")
+                typer.echo(safe_text(f"  {line}"))
             typer.secho(f"\nBufdir report {period} for {slug} ({deliver}) ...", bold=True)
             try:
                 summary = run_activity_report(slug, Actor("demo"), period=period, deliver=deliver)
@@ -379,9 +389,9 @@ def _demo_bufdir(today: date) -> None:
                 f"{len(summary['municipalities'])} municipalities"
             )
             for reason, count in summary["skipped_reasons"].items():
-                typer.echo(f"  skipped {count} x {reason}")
+                typer.echo(safe_text(f"  skipped {count} x {reason}"))
             for reason, ids in report_failures(summary):
-                typer.echo(f"  failed  {len(ids)} x {reason}")
+                typer.echo(safe_text(f"  failed  {len(ids)} x {reason}"))
             typer.echo(f"  file:    {report['csv_path']}")
             typer.echo(f"  SHA-256: {report['sha256']}")
             if report.get("instance_id"):

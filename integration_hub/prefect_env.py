@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from integration_hub.private_files import PRIVATE_DIR_MODE
 from integration_hub.settings import get_settings
 
 
@@ -23,4 +24,4 @@ def configure_prefect(*, verbose: bool = False) -> None:
     }
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
-    (var_dir / "prefect").mkdir(parents=True, exist_ok=True)
+    (var_dir / "prefect").mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)

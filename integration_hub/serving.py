@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from integration_hub.private_files import PRIVATE_DIR_MODE, open_private_append
 from integration_hub.services.errors import InvalidInput, ServiceError
 
 DEFAULT_PORT = 4200
@@ -86,9 +87,49 @@ class LocalServer:
                 continue
 
 
+SERVER_ENVIRONMENT = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONIOENCODING",
+        "PYTHONUTF8",
+        "PYTHONDONTWRITEBYTECODE",
+        "VIRTUAL_ENV",
+        "LD_LIBRARY_PATH",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "SYSTEMROOT",
+    }
+)
+"""Variables the Prefect server gets from ours, besides ``LC_*`` and ``PREFECT_*``: what the
+shell, the locale, temporary files and the Python interpreter need, and nothing else."""
+
+
 def server_environment(prefect_home: Path, *, verbose: bool) -> dict[str, str]:
-    """The server's environment: state in ``prefect_home``, no telemetry, quiet unless asked."""
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    """The server's environment: state in ``prefect_home``, no telemetry, quiet unless asked.
+
+    Built from an allow-list, not by copying ours: the server is a separate program with its
+    own UI and API, and it has no use for the vault keys (``INTEGRATIONS_VAULT_KEYS``), the
+    databases' passwords or any other ``INTEGRATIONS_*`` setting, so it never holds them.
+    ``PREFECT_API_URL`` is left out as well: the server is the API and must not point at one.
+    """
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name in SERVER_ENVIRONMENT
+        or name.startswith("LC_")
+        or (name.startswith("PREFECT_") and name != "PREFECT_API_URL")
+    }
     env.update(
         PREFECT_HOME=str(prefect_home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -111,9 +152,9 @@ def start_local_server(
             f"port {port} on {HOST} is in use (another Prefect server?); pass --port, or set "
             "PREFECT_API_URL to use a server that is already running"
         )
-    prefect_home.mkdir(parents=True, exist_ok=True)
+    prefect_home.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
     log_path = None if verbose else prefect_home / "server.log"
-    output: Any = None if log_path is None else log_path.open("ab")
+    output: Any = None if log_path is None else open_private_append(log_path)
     try:
         command = [sys.executable, "-m", "prefect", "server", "start"]
         process = subprocess.Popen(

@@ -5,11 +5,14 @@ Defaults keep everything under ``var/`` so a fresh clone runs with SQLite and a 
 
 from __future__ import annotations
 
+import json
+import tomllib
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,16 +55,48 @@ class Settings(BaseSettings):
     web_secure_cookies: bool = True
     """Session cookies only over HTTPS (browsers treat http://127.0.0.1 and localhost as secure)."""
     web_session_hours: int = 8
+    web_max_body_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)
+    """The largest request body the web app reads, checked before sign-in (413 above it). A
+    mapping upload (at most 256 KiB) fits well within the default 1 MiB."""
     idp_public_key: str | None = None
     """PEM public key of the volunteer app's identity provider, for bearer tokens on the API."""
     idp_public_key_file: Path | None = None
     idp_issuer: str | None = None
     idp_audience: str = "integration-hub"
+    # -- sign-in hardening: whose X-Forwarded-For is believed, how long a bearer token may live
+    web_trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
+    """Reverse proxies (addresses or networks, comma-separated) whose ``X-Forwarded-For`` names
+    the client. Anyone can send that header, so by default it is ignored and the client is the
+    socket's peer; otherwise one client could pose as many and dodge sign-in throttling."""
+    idp_max_token_hours: float = Field(default=24, gt=0)
+    """Bearer tokens whose ``exp`` is further ahead than this are refused: the hub cannot revoke
+    a token, so a leaked long-lived one would work for that long."""
+
+    @field_validator("web_trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    allowed_hosts: str | None = None
+    """Hosts, addresses or networks (comma-separated: ``127.0.0.1,10.0.0.0/8,erp.example``)
+    the hub may send to besides each service's own hosts; added to those the operator stored
+    in ``var/operator.toml`` (``integrations endpoints allow``). Never set by an organisation."""
     targets: dict[str, TargetSettings] = Field(default_factory=dict)
     """Per integration type (its key, lower case): see :class:`TargetSettings`."""
 
     def target(self, type_key: str) -> TargetSettings:
         return self.targets.get(type_key.lower(), TargetSettings())
+
+    @property
+    def operator_file(self) -> Path:
+        """The operator's own settings under ``var/`` (read by every command)."""
+        return self.var_dir / "operator.toml"
+
+    def allowed_host_entries(self) -> list[str]:
+        entries = [e.strip() for e in (self.allowed_hosts or "").split(",") if e.strip()]
+        return entries + read_operator_file(self.operator_file).get("allowed_hosts", [])
 
     @property
     def hub_url(self) -> str:
@@ -74,6 +109,34 @@ class Settings(BaseSettings):
     @property
     def key_file(self) -> Path:
         return self.vault_key_file or self.var_dir / "vault.key"
+
+
+def read_operator_file(path: Path) -> dict[str, list[str]]:
+    """``allowed_hosts = ["127.0.0.1"]`` and the like; a missing file is no settings."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path} is not readable TOML: {exc}") from None
+    hosts = data.get("allowed_hosts", [])
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        raise ValueError(f"{path}: allowed_hosts must be a list of strings")
+    return {"allowed_hosts": hosts}
+
+
+def write_operator_file(path: Path, allowed_hosts: list[str]) -> None:
+    """Write the operator file atomically (0600: it says what the hub may reach)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = "# Written by `integrations endpoints`; hosts the hub may send to besides each\n"
+    body += "# service's own. Only operators edit this file.\n"
+    body += "allowed_hosts = [" + ", ".join(json.dumps(h) for h in allowed_hosts) + "]\n"
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(body, encoding="utf-8")
+    temporary.chmod(0o600)
+    temporary.replace(path)
+    reset_settings()
 
 
 @lru_cache(maxsize=1)

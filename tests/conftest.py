@@ -92,6 +92,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         cluster.drop_database(name)
 
 
+@pytest.fixture(autouse=True)
+def _restore_umask() -> Iterator[None]:
+    """Every ``integrations`` command sets the process umask to 0o077 (private files); a test
+    that runs one in-process must not leave it set for the rest of the session."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        yield
+    finally:
+        os.umask(umask)
+
+
 def _forget_cached_state() -> None:
     """Settings and engines are cached per process; a test that changes the env resets both."""
     settings.reset_settings()
@@ -129,6 +141,9 @@ os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.pop("PREFECT_API_URL", None)
+# The sandboxes and the webhook receiver listen on 127.0.0.1: allowed as an operator would for
+# a local sandbox. Tests of the endpoint guard take it away again.
+os.environ["INTEGRATIONS_ALLOWED_HOSTS"] = "127.0.0.1"
 
 
 @pytest.fixture(scope="session")

@@ -152,3 +152,28 @@ def record_run(
                 )
             )
         return run.id or 0
+
+
+def stored_secret(organisation_id: int, integration_id: int, field: str) -> str:
+    """What the vault holds for one field, asked for on behalf of the endpoints it was entered
+    for (as the adapter factory does for the integration's current endpoints)."""
+    from sqlmodel import select
+
+    from integration_hub.db import hub_session
+    from integration_hub.models import Credential
+    from integration_hub.vault import CredentialVault
+
+    with hub_session() as session:
+        row = session.exec(
+            select(Credential).where(
+                Credential.integration_id == integration_id, Credential.field == field
+            )
+        ).first()
+        return CredentialVault.from_settings().reveal(
+            session,
+            organisation_id=organisation_id,
+            integration_id=integration_id,
+            field=field,
+            purpose="test check",
+            endpoint=row.endpoint if row is not None else None,
+        )

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from apiworld import API, bearer, configured_xledger, integration_url, snapshot, use_test_idp
+from factories import stored_secret
 from webworld import ADMIN_A, ORG_A, ORG_B
 
 XLEDGER = integration_url(ORG_A)
@@ -31,18 +32,7 @@ def _audit(action: str) -> list[Any]:
 
 
 def _stored_secret(row: Any, field: str = "api_token") -> str:
-    from integration_hub.db import hub_session
-    from integration_hub.vault import CredentialVault
-
-    with hub_session() as session:
-        secrets = CredentialVault.from_settings().reveal_all(
-            session,
-            organisation_id=row.organisation_id,
-            integration_id=row.id,
-            purpose="test",
-            actor="test",
-        )
-    return secrets[field]
+    return stored_secret(row.organisation_id, row.id, field)
 
 
 # -- organisations, dashboard, setup -----------------------------------------------------------

@@ -487,17 +487,9 @@ def _mapping_yaml(**accounts: str) -> str:
 # the credential form: write-only, masked
 # =============================================================================================
 def _stored_token(row: Any) -> str:
-    from integration_hub.db import hub_session
-    from integration_hub.vault import CredentialVault
+    from factories import stored_secret
 
-    with hub_session() as session:
-        return CredentialVault.from_settings().reveal(
-            session,
-            organisation_id=row.organisation_id,
-            integration_id=row.id,
-            field="api_token",
-            purpose="browser test",
-        )
+    return stored_secret(row.organisation_id, row.id, "api_token")
 
 
 def _credential_audit(row: Any) -> list[Any]:

@@ -52,6 +52,7 @@ def test_demo_exports_and_leaks_no_plaintext(hub_env: str, prefect_harness: Path
                 integration_id=c.integration_id,
                 field=c.field,
                 purpose="leak test",
+                endpoint=c.endpoint,
             )
             for c in session.query(Credential).all()
         ]

@@ -108,6 +108,7 @@ def _store(vault, session_factory, integration_id, field="api_token", value=SECR
             field=field,
             plaintext=value,
             actor="admin@hlf",
+            endpoint=None,
         )
 
 
@@ -163,6 +164,7 @@ def test_round_trip_unicode_and_secretstr(vault, session_factory, integration_id
             field="client_secret",
             plaintext=SecretStr("blåbærsyltetøy-æøå-🔑-42"),
             actor="admin",
+            endpoint=None,
         )
     assert (
         _reveal(vault, session_factory, integration_id, "client_secret")
@@ -359,6 +361,7 @@ def test_store_refuses_a_mask_or_empty_value(vault, session_factory, integration
                 field="api_token",
                 plaintext=bad,
                 actor="admin",
+                endpoint=None,
             )
     assert _reveal(vault, session_factory, integration_id) == SECRET
 
@@ -375,10 +378,17 @@ def test_store_checks_the_integration_belongs_to_the_organisation(  # type: igno
             field="api_token",
             plaintext=SECRET,
             actor="admin",
+            endpoint=None,
         )
     with pytest.raises(VaultError, match="does not exist"), session_factory() as s:
         vault.store(
-            s, organisation_id=1, integration_id=999, field="x", plaintext=SECRET, actor="a"
+            s,
+            organisation_id=1,
+            integration_id=999,
+            field="x",
+            plaintext=SECRET,
+            actor="a",
+            endpoint=None,
         )
     with pytest.raises(ValueError), session_factory() as s:
         vault.store(
@@ -388,6 +398,7 @@ def test_store_checks_the_integration_belongs_to_the_organisation(  # type: igno
             field="api|token",
             plaintext=SECRET,
             actor="a",
+            endpoint=None,
         )
 
 
@@ -546,7 +557,10 @@ def test_rotation_skips_and_reports_undecryptable_rows(  # type: ignore[no-untyp
     vault2 = CredentialVault(KeyRing({1: vault.ring.key(1), 2: generate_key()}))
     report = vault2.rotate(session_factory, actor="operator", batch_size=1)
     assert report.rotated == 2
-    assert report.failed == (f"integration {integration_id} field field_1 (key version 1)",)
+    assert [str(failure) for failure in report.failed] == [
+        f"organisation 1, integration {integration_id} (xledger), field field_1, key version 1"
+    ]
+    assert report.failed[0].reason == "the key ring does not match or the row was altered"
     assert not report.complete
 
 

@@ -238,7 +238,7 @@ def test_the_page_shows_the_last_run_each_failure_the_history_and_the_chart(
     assert f'name="run_id" value="{ids["last"]}"' in form.group(2)
     assert 'name="csrf_token" value="' in form.group(2)
 
-    # the history: every run newest first, with triggers, counts, amounts and the Prefect link
+    # the history: every run newest first, with triggers, counts and amounts
     history = found["history"]
     assert history[0][:4] == ["Run", "Started", "How it started", "Status"]
     assert [row[0] for row in history[1:]] == [str(ids[k]) for k in ("last", "yesterday", "old")]
@@ -250,8 +250,11 @@ def test_the_page_shows_the_last_run_each_failure_the_history_and_the_chart(
         ["10", "10", "0", "0"],
     ]
     assert history[3][8] == "kr 1 234,56"
+    # The Prefect UI has no sign-in and shows every organisation's runs: operators only.
     link = "http://127.0.0.1:4200/runs/flow-run/6d1f7a4e-0000-4000-8000-000000000001"
-    assert html.count(f'<a href="{link}">Prefect run') == 4  # last run facts + 3 history rows
+    assert "Prefect" not in html and "127.0.0.1:4200" not in html
+    operator_html = sign_in(web, OPERATOR).get(HEALTH).text
+    assert operator_html.count(f'<a href="{link}">Prefect run') == 4  # last run + 3 in history
 
     # the chart: 14 days, its figures in a table, and an SVG a screen reader can name
     days = found["daily-counts"]

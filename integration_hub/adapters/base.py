@@ -11,15 +11,19 @@ adapter only speaks its target's protocol.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
+import re
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, final
 
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from integration_hub.adapters.endpoints import guarded_transport
 from integration_hub.settings import get_settings
 from integration_hub.vault.masking import redact
 
@@ -27,6 +31,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CONNECTION_TEST_DEADLINE_S = 10.0
+TARGET_TEXT_LIMIT = 1000
+"""At most this much of what a target says is kept (a reason, an error): enough to act on."""
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class IntegrationConfig(BaseModel):
@@ -204,6 +211,24 @@ def classify_transport_error(exc: httpx.TransportError, *, write: bool) -> Answe
     return Answer.UNKNOWN
 
 
+def _cleaning(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def cleaned(self: Adapter, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = method(self, *args, **kwargs)
+        except AdapterError as exc:
+            exc.args = (self.clean(str(exc)),)
+            raise
+        if isinstance(result, BatchResult):
+            result.results = [
+                replace(r, reason=self.clean(r.reason)) if r.reason else r for r in result.results
+            ]
+        return result
+
+    cleaned._cleans = True  # type: ignore[attr-defined]
+    return cleaned
+
+
 class Adapter(ABC):
     """One integration type. Subclasses set the class variables and implement the operations."""
 
@@ -230,6 +255,9 @@ class Adapter(ABC):
     """The data categories an organisation may opt out of (default: the claim categories,
     :class:`integration_hub.models.ClaimCategory`)."""
 
+    vendor_hosts: ClassVar[tuple[str, ...]] = ()
+    """The service's own hosts: endpoints may point there over https without an operator's
+    say (:mod:`integration_hub.adapters.endpoints`)."""
     connect_timeout_s: ClassVar[float] = 3.0
     read_timeout_s: float = 30.0
     """Default wait for an answer; an operator overrides it per type
@@ -262,8 +290,15 @@ class Adapter(ABC):
         TCP handshake (~20 ms each; 8 s over a 100,000-claim export)."""
         if self._http is None or self._http.is_closed:
             timeout = httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)
-            self._http = httpx.Client(transport=self._transport, timeout=timeout)
+            self._http = self.new_client(timeout=timeout)
         return self._http
+
+    def new_client(self, **kwargs: Any) -> httpx.Client:
+        """An HTTP client whose every connection passes the endpoint guard (no private or
+        metadata addresses unless an operator allowed them); a test's ``transport`` replaces
+        the network altogether."""
+        transport = self._transport or guarded_transport()
+        return httpx.Client(transport=transport, follow_redirects=False, **kwargs)
 
     def close(self) -> None:
         if self._http is not None:
@@ -278,6 +313,22 @@ class Adapter(ABC):
 
     def redact(self, text: str) -> str:
         return redact(text, self.config.secret_values())
+
+    def clean(self, text: str, limit: int = TARGET_TEXT_LIMIT) -> str:
+        """What may leave the adapter of a text that may hold the target's words: secrets
+        redacted, control characters dropped, at most ``limit`` characters."""
+        text = _CONTROL.sub("", self.redact(text))
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every adapter's ``load``, ``lookup`` and ``reference_codes`` pass :meth:`clean` at
+        the boundary, once: an error message or a record's reason may echo a header (the
+        token) or anything else the far end chose to say."""
+        super().__init_subclass__(**kwargs)
+        for name in ("load", "lookup", "reference_codes"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_cleans", False):
+                setattr(cls, name, _cleaning(method))
 
     @final
     def check_connection(self, deadline_s: float = CONNECTION_TEST_DEADLINE_S) -> ConnectionResult:
@@ -295,7 +346,7 @@ class Adapter(ABC):
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
         elapsed = int((time.monotonic() - started) * 1000)
-        return ConnectionResult(result.status, self.redact(result.detail), elapsed)
+        return ConnectionResult(result.status, self.clean(result.detail, 300), elapsed)
 
     def _probe_classified(self, deadline_s: float) -> ConnectionResult:
         try:

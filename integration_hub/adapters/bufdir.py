@@ -36,6 +36,7 @@ from integration_hub.adapters.base import (
     RunAbort,
     TransientError,
 )
+from integration_hub.adapters.endpoints import EndpointUrl
 from integration_hub.adapters.registry import register
 
 if TYPE_CHECKING:
@@ -57,7 +58,9 @@ SCOPE = "altinn:instances.write"
 
 
 class BufdirConfig(IntegrationConfig):
-    base_url: str = "https://bufdir.apps.altinn.no"
+    base_url: EndpointUrl = "https://bufdir.apps.altinn.no"
+    """A stand-in: Bufdir publishes no API, so no host is the service's own
+    (``BufdirAdapter.vendor_hosts`` is empty) and only an operator can allow one."""
     app: str = DEFAULT_APP
     client_id: str
     client_secret: SecretStr
@@ -65,10 +68,7 @@ class BufdirConfig(IntegrationConfig):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return value
+        return value.rstrip("/")
 
     @field_validator("app")
     @classmethod

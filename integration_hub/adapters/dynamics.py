@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import httpx
-from pydantic import HttpUrl, SecretStr, field_validator, model_validator
+from pydantic import SecretStr, field_validator, model_validator
 
 from integration_hub.adapters.base import (
     Adapter,
@@ -51,6 +51,7 @@ from integration_hub.adapters.base import (
     classify_status,
     classify_transport_error,
 )
+from integration_hub.adapters.endpoints import EndpointUrl
 from integration_hub.adapters.registry import register
 from integration_hub.money import to_decimal
 from integration_hub.vault.masking import redact
@@ -139,8 +140,8 @@ class DynamicsConfig(IntegrationConfig):
     balancing_account_number: str | None = None
     """When set, every claim is credited to this G/L account instead of the employee or vendor
     the mapping names (for companies that keep no volunteers as employees or vendors)."""
-    base_url: HttpUrl = HttpUrl("https://api.businesscentral.dynamics.com")
-    token_url: HttpUrl = HttpUrl("https://login.microsoftonline.com")
+    base_url: EndpointUrl = "https://api.businesscentral.dynamics.com"
+    token_url: EndpointUrl = "https://login.microsoftonline.com"
 
     @field_validator("tenant_id")
     @classmethod
@@ -224,6 +225,8 @@ class DynamicsAdapter(Adapter):
     default_mapping = "dynamics_expense_claims.yaml"
     max_lines_per_request = MAX_BATCH_OPERATIONS
     text_max_length = DESCRIPTION_MAX
+    vendor_hosts = ("api.businesscentral.dynamics.com", "login.microsoftonline.com")
+    """Microsoft's API and Entra ID token hosts (``../shared/specs/dynamics-bc/``)."""
     target_fields = (
         TargetField(
             "expense_account",
@@ -548,7 +551,7 @@ class DynamicsAdapter(Adapter):
             left = max(0.1, deadline_s - (time.monotonic() - started) - 0.25)
             return httpx.Timeout(min(5.0, left), connect=min(3.0, left))
 
-        with httpx.Client(transport=self._transport) as client:
+        with self.new_client() as client:
             self.token_requests += 1
             response = client.post(
                 self.token_endpoint,

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from sqlmodel import Session
 
 from integration_hub.adapters.base import Adapter, ReferenceCode
+from integration_hub.adapters.endpoints import binding
 from integration_hub.adapters.registry import get_type
 from integration_hub.models import Integration
 
@@ -24,17 +25,21 @@ class IntegrationNotConfigured(RuntimeError):
 def build_adapter(
     session: Session, integration: Integration, *, purpose: str, actor: str = "system"
 ) -> Adapter:
-    from integration_hub.vault import CredentialVault
+    from integration_hub.vault import CredentialVault, VaultEndpointMismatch
 
     adapter_type = get_type(integration.type_key)
     model = adapter_type.config_model
-    secrets = CredentialVault.from_settings().reveal_all(
-        session,
-        organisation_id=integration.organisation_id,
-        integration_id=integration.id or 0,
-        purpose=purpose,
-        actor=actor,
-    )
+    try:
+        secrets = CredentialVault.from_settings().reveal_all(
+            session,
+            organisation_id=integration.organisation_id,
+            integration_id=integration.id or 0,
+            purpose=purpose,
+            actor=actor,
+            endpoint=binding(model, integration.settings),
+        )
+    except VaultEndpointMismatch as exc:
+        raise IntegrationNotConfigured(str(exc)) from None
     missing = [name for name in model.secret_fields() if not secrets.get(name)]
     if missing:
         raise IntegrationNotConfigured(

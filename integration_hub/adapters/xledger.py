@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from pydantic import HttpUrl, SecretStr
+from pydantic import SecretStr
 
 from integration_hub.adapters.base import (
     Adapter,
@@ -30,6 +30,7 @@ from integration_hub.adapters.base import (
     classify_status,
     classify_transport_error,
 )
+from integration_hub.adapters.endpoints import EndpointUrl
 from integration_hub.adapters.registry import register
 from integration_hub.money import format_amount
 
@@ -88,7 +89,7 @@ RECORD_CODE_HINTS = {
 
 
 class XledgerConfig(IntegrationConfig):
-    base_url: HttpUrl = HttpUrl("https://www.xledger.net/graphql")
+    base_url: EndpointUrl = "https://www.xledger.net/graphql"
     api_token: SecretStr
 
 
@@ -101,6 +102,8 @@ class XledgerAdapter(Adapter):
     default_mapping = "xledger_expense_claims.yaml"
     max_lines_per_request = 500
     text_max_length = 255
+    vendor_hosts = ("www.xledger.net", "demo.xledger.net")
+    """Production and Xledger's demo environment (``../shared/specs/xledger/FINDINGS.md``)."""
     target_fields = (
         TargetField(
             "expense_account",
@@ -188,7 +191,7 @@ class XledgerAdapter(Adapter):
     def probe(self, deadline_s: float) -> ConnectionResult:
         timeout = httpx.Timeout(min(5.0, deadline_s), connect=min(3.0, deadline_s))
         headers = {"Authorization": f"token {self.config.api_token.get_secret_value()}"}
-        with httpx.Client(transport=self._transport, timeout=timeout) as client:
+        with self.new_client(timeout=timeout) as client:
             response = client.post(
                 str(self.config.base_url), json={"query": PROBE_QUERY}, headers=headers
             )

@@ -48,6 +48,7 @@ from integration_hub.tasks.record import (
     run_summary,
     start_run,
 )
+from integration_hub.untrusted import markdown_text
 
 TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 RecordIds = list[tuple[int, int]]
@@ -287,7 +288,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     if summary.get("would_export") is not None:
         lines += ["", f"Would export {summary['would_export']} records; nothing was sent."]
     if summary.get("error"):
-        lines += ["", f"**Stopped:** {summary['error']}"]
+        lines += ["", f"**Stopped:** {markdown_text(summary['error'])}"]  # a target's words
     return "\n".join(lines)
 
 

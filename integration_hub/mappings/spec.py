@@ -11,8 +11,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from integration_hub.untrusted import DocumentRefused, load_yaml, read_text_file
 
 MAX_MAPPING_BYTES = 256 * 1024
 
@@ -85,12 +86,10 @@ def parse_mapping(data: Any) -> MappingDocument:
     """Parse and check a mapping (dict or YAML text); raises :class:`MappingError` with all
     problems found."""
     if isinstance(data, bytes | str):
-        if len(data) > MAX_MAPPING_BYTES:
-            raise MappingError([f"the mapping is larger than {MAX_MAPPING_BYTES // 1024} KiB"])
-        try:
-            data = yaml.safe_load(data)
-        except yaml.YAMLError as exc:
-            raise MappingError([f"not valid YAML: {exc}"]) from None
+        try:  # no anchors or aliases: an alias bomb would expand while the rules are checked
+            data = load_yaml(data, max_bytes=MAX_MAPPING_BYTES, what="the mapping")
+        except DocumentRefused as exc:
+            raise MappingError([str(exc)]) from None
     if not isinstance(data, dict):
         raise MappingError(["a mapping is a YAML mapping with target, fields and value_maps"])
     # YAML reads 2910 as an int; account codes are text.
@@ -140,10 +139,9 @@ def load_template(file_name: str) -> MappingDocument:
 
 
 def load_mapping_file(path: Path) -> MappingDocument:
+    """A mapping file named on the command line or in a setup file (read size-bounded)."""
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise MappingError([f"cannot read {path}: {exc.strerror}"]) from None
-    if size > MAX_MAPPING_BYTES:
-        raise MappingError([f"{path} is larger than {MAX_MAPPING_BYTES // 1024} KiB"])
-    return parse_mapping(path.read_text("utf-8"))
+        text = read_text_file(path, max_bytes=MAX_MAPPING_BYTES)
+    except DocumentRefused as exc:
+        raise MappingError([str(exc)]) from None
+    return parse_mapping(text)

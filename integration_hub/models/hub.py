@@ -106,6 +106,12 @@ class Credential(SQLModel, table=True):
     nonce: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     ciphertext: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     hint: str = Field(default="", max_length=4, description="Last characters, for the mask")
+    endpoint: str | None = Field(
+        default=None,
+        max_length=500,
+        description="The endpoints the secret was entered for (also in the associated data); "
+        "unset on rows stored before secrets were bound to endpoints",
+    )
     updated_at: datetime = _ts(now=True)
 
 
@@ -309,7 +315,8 @@ class WebSession(SQLModel, table=True):
 
 
 class SignInThrottle(SQLModel, table=True):
-    """Failed sign-ins per e-mail address and per client address, to slow down guessing."""
+    """Sign-in attempts per counter, to slow down guessing: ``key`` is ``pair:<client> <email>``,
+    ``account:<email>`` or ``client:<client>`` (see ``services.accounts.THROTTLE_RULES``)."""
 
     __tablename__ = "hub_sign_in_throttle"
 

@@ -139,6 +139,9 @@ def _config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # Else uvicorn believes X-Forwarded-For from 127.0.0.1 and rewrites the peer: the web
+        # app decides which proxies it trusts (INTEGRATIONS_WEB_TRUSTED_PROXIES) itself.
+        proxy_headers=False,
     )
     _install_drop_filter()  # after Config: it (re)configures uvicorn's loggers
     return config

@@ -14,6 +14,12 @@ from urllib.parse import urlsplit
 from sqlmodel import select
 
 from integration_hub.adapters.base import ConnectionResult
+from integration_hub.adapters.endpoints import (
+    EndpointRefused,
+    HostUnresolvable,
+    allow_list,
+    check_addresses,
+)
 from integration_hub.adapters.registry import get_type
 from integration_hub.db import hub_session
 from integration_hub.models import (
@@ -29,27 +35,38 @@ from integration_hub.services.errors import InvalidInput
 from integration_hub.tasks import notify
 from integration_hub.vault import CredentialVault, is_mask
 
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
 
 def check_webhook_url(url: str) -> None:
-    """https (http only to this machine), a host, no credentials in the authority part.
+    """https to a public address (http, or a private address, only for a host the operator
+    allowed), a host, no credentials in the authority part, no fragment.
 
     The message never repeats the URL: it may hold a token.
     """
     try:
         parts = urlsplit(url.strip())
-        host = parts.hostname or ""
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
         raise InvalidInput("the webhook URL is not a valid URL") from None
     if is_mask(url):
         raise InvalidInput("that is the mask of the stored URL, not a URL")
     if parts.scheme not in ("https", "http") or not host:
         raise InvalidInput("the webhook URL must be an https:// URL")
-    if parts.scheme == "http" and host not in LOCAL_HOSTS:
-        raise InvalidInput("the webhook URL must use https (http only for 127.0.0.1/localhost)")
-    if parts.username or parts.password:
+    if parts.username or parts.password or "@" in parts.netloc:
         raise InvalidInput("put the webhook's token in its path or query, not in user:password@")
+    if parts.fragment:
+        raise InvalidInput("the webhook URL must not contain a fragment (#...)")
+    allowed = allow_list()
+    if parts.scheme == "http" and not allowed.allows_host(host):
+        raise InvalidInput(
+            "the webhook URL must use https (http only for a host a hub operator allowed)"
+        )
+    try:
+        check_addresses(host, parts.port or 443, allowed)
+    except HostUnresolvable:
+        pass  # nothing to judge now; delivery connects through the same guard
+    except EndpointRefused as exc:
+        raise InvalidInput(f"the webhook URL is refused: {exc}") from None
 
 
 def _channel(org: Organisation, actor: Actor, *, create: bool) -> Integration | None:
@@ -85,6 +102,7 @@ def set_webhook(org_slug: str, url: str, actor: Actor) -> str:
             field=notify.WEBHOOK_FIELD,
             plaintext=url.strip(),
             actor=actor.name,
+            endpoint=None,  # the URL is itself the destination
         )
         audit(session, actor, "alerts.webhook_set", row)
         return vault.masked(session, integration_id=row.id or 0)[notify.WEBHOOK_FIELD]

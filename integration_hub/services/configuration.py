@@ -15,6 +15,14 @@ from pydantic import SecretStr, ValidationError
 from sqlmodel import Session, select
 
 from integration_hub.adapters.base import Adapter, ConnectionResult, ReferenceCode
+from integration_hub.adapters.endpoints import (
+    EndpointRefused,
+    binding,
+    check_endpoint,
+    endpoint_fields,
+    endpoint_value,
+    moved_endpoints,
+)
 from integration_hub.adapters.factory import (
     IntegrationNotConfigured,
     build_adapter,
@@ -49,6 +57,7 @@ from integration_hub.services.errors import (
 )
 from integration_hub.tasks.context import latest_mapping
 from integration_hub.vault import CredentialVault, is_mask
+from integration_hub.vault.credentials import uses_logged_only
 
 
 @dataclass(frozen=True)
@@ -232,6 +241,17 @@ def save_configuration(integration_row: Integration, values: dict[str, str], act
     except ValidationError as exc:
         problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise InvalidInput("the configuration is not valid", problems) from None
+    adapter_type = get_type(integration_row.type_key)
+    moved = _check_endpoints(adapter_type, reload(integration_row).settings, config.settings())
+    kept = sorted(name for name in stored if name in secret_names and name not in new_secrets)
+    if moved and kept:
+        # A stored secret only ever goes where it was entered for.
+        raise InvalidInput(
+            f"changing {', '.join(moved)} would send the stored {', '.join(kept)} to another "
+            f"address; enter {', '.join(kept)} again in the same form",
+            [f"{name}: enter it again with the new address" for name in kept],
+        )
+    endpoint = binding(model, config.settings())
     with hub_session() as session:
         row = session.get(Integration, integration_row.id)
         assert row is not None
@@ -249,6 +269,7 @@ def save_configuration(integration_row: Integration, values: dict[str, str], act
                 field=name,
                 plaintext=value,
                 actor=actor.name,
+                endpoint=endpoint,
             )
         audit(
             session,
@@ -257,8 +278,28 @@ def save_configuration(integration_row: Integration, values: dict[str, str], act
             row,
             settings=sorted(config.settings()),
             secrets_replaced=sorted(new_secrets),
+            endpoints_changed={
+                name: {"from": old, "to": new} for name, (old, new) in moved.items()
+            },
         )
     forget_reference_codes(integration_row.id)
+
+
+def _check_endpoints(
+    adapter_type: type[Adapter], before: dict[str, Any], after: dict[str, Any]
+) -> dict[str, tuple[str, str]]:
+    """Refuse endpoints the hub may not send to; returns the endpoint fields whose origin
+    changes, with the old and new host (the stored secrets must then be entered again)."""
+    model = adapter_type.config_model
+    problems = []
+    for name in endpoint_fields(model):
+        try:
+            check_endpoint(endpoint_value(model, after, name), adapter_type.vendor_hosts, name)
+        except EndpointRefused as exc:
+            problems.append(f"{name}: {exc}")
+    if problems:
+        raise InvalidInput("the configuration is not valid", problems)
+    return moved_endpoints(model, before, after)
 
 
 def credential_form(integration_row: Integration, actor: Actor) -> list[dict[str, Any]]:
@@ -266,7 +307,8 @@ def credential_form(integration_row: Integration, actor: Actor) -> list[dict[str
     actor.check(integration_row.organisation_id)
     model = get_type(integration_row.type_key).config_model
     with hub_session() as session:
-        integration_row = session.get(Integration, integration_row.id) or integration_row
+        if integration_row.id is not None:  # None: the wizard's draft, not stored yet
+            integration_row = session.get(Integration, integration_row.id) or integration_row
         masks = CredentialVault.from_settings().masked(
             session, integration_id=integration_row.id or 0
         )
@@ -322,7 +364,11 @@ def test_connection(integration_row: Integration, actor: Actor) -> ConnectionRes
 
 
 def reference_codes(integration_row: Integration, actor: Actor) -> list[ReferenceCode]:
-    adapter = open_adapter(integration_row, actor, "read reference codes")
+    """The target's codes (accounts, dimensions) to show and check a mapping against. A read:
+    the credentials' use is logged, not written to the audit table, so that viewing the
+    mapping page or ``GET .../reference-codes`` changes nothing."""
+    with uses_logged_only():
+        adapter = open_adapter(integration_row, actor, "read reference codes")
     return cached_reference_codes(adapter, integration_row)
 
 

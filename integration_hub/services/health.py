@@ -3,7 +3,8 @@
 For each integration: its last run (when, trigger, status, duration, counts), each failure of
 that run with the record, what it is (category, amount, volunteer: facts the run stored with the
 outcome) and the actionable reason, attempts so far, the last connection test, the next scheduled
-run, whether an export is running now, and links to the Prefect flow run and a retry.
+run, whether an export is running now, a retry, and (for operators) links to the Prefect
+flow run.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def integration_health(
         schedule = session.exec(
             select(SyncSchedule).where(SyncSchedule.integration_id == row.id)
         ).first()
-    last_run = run_entry(last) if last else None
+    last_run = run_entry(last, actor) if last else None
     failures, failures_total = _failures(last.id or 0, failure_limit) if last else ([], 0)
     test = (
         {

@@ -17,9 +17,19 @@ from integration_hub.tasks.record import run_summary
 OSLO = ZoneInfo("Europe/Oslo")
 
 
-def run_entry(run: SyncRun) -> dict[str, Any]:
-    """One run as pages, the CLI and ``--json`` show it (times ISO 8601 in UTC)."""
-    return {**run_summary(run), "link": flow_run_link(run.flow_run_id)}
+def links_to_prefect(actor: Actor) -> bool:
+    """Whether runs shown to ``actor`` link to the Prefect UI: only for operators and the hub's
+    command line. Prefect (open source) has no sign-in and no per-organisation access, so its
+    UI shows every organisation's runs, failure tables and logs to whoever reaches it; an
+    organisation admin is never sent there (the hub's own pages show their runs)."""
+    return actor.organisation_id is None
+
+
+def run_entry(run: SyncRun, actor: Actor) -> dict[str, Any]:
+    """One run as pages, the CLI and ``--json`` show it to ``actor`` (times ISO 8601 in UTC;
+    ``link`` to the Prefect UI only where :func:`links_to_prefect` allows it)."""
+    link = flow_run_link(run.flow_run_id) if links_to_prefect(actor) else None
+    return {**run_summary(run), "link": link}
 
 
 def run_of(integration: Integration, run_id: int, actor: Actor) -> dict[str, Any] | None:
@@ -29,7 +39,7 @@ def run_of(integration: Integration, run_id: int, actor: Actor) -> dict[str, Any
         run = session.get(SyncRun, run_id)
     if run is None or run.integration_id != integration.id:
         return None
-    return run_entry(run)
+    return run_entry(run, actor)
 
 
 def list_runs(
@@ -43,7 +53,7 @@ def list_runs(
     if limit:
         query = query.limit(limit)
     with hub_session() as session:
-        return [run_entry(run) for run in session.exec(query).all()]
+        return [run_entry(run, actor) for run in session.exec(query).all()]
 
 
 def daily_counts(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from integration_hub.adapters.registry import get_type
 from integration_hub.db import hub_session
-from integration_hub.models import Integration, IntegrationStatus, utcnow
+from integration_hub.models import Integration, IntegrationStatus, Organisation, utcnow
 from integration_hub.services import configuration as config
 from integration_hub.services.configuration import Actor
 from integration_hub.services.errors import InvalidInput, NotFound
@@ -34,8 +34,29 @@ def check_step(type_key: str, step: str) -> None:
         raise NotFound(f"the setup of {get_type(type_key).display_name} has no step {step!r}")
 
 
+def planned(org_slug: str, type_key: str, actor: Actor) -> tuple[Organisation, Integration]:
+    """What the wizard shows: the organisation and its integration of ``type_key``, or, while
+    there is none, an unsaved draft (no id) standing at the first step.
+
+    Opening the wizard is a GET and must change nothing, so the draft is only stored by
+    :func:`start` when the first step is posted. Who may not set the type up (an operator, an
+    organisation the type is not offered to) is refused here already, as :func:`start` would.
+    """
+    org = config.organisation(org_slug, actor)
+    config.integration_type(type_key)  # an unknown type is not found, not "not set up yet"
+    try:
+        return org, config.integration(org, type_key, actor)
+    except NotFound:
+        actor.check_change(org.id or 0)
+    draft = Integration(
+        organisation_id=org.id or 0, type_key=type_key, setup_step=steps_for(type_key)[0]
+    )
+    return org, draft
+
+
 def start(org_slug: str, type_key: str, actor: Actor) -> Integration:
-    """The organisation's integration of ``type_key``, created (in draft) when it is new."""
+    """The organisation's integration of ``type_key``, created (in draft) when it is new: by
+    the wizard's first post and ``POST .../integrations/{type}`` of the API, never a GET."""
     org = config.organisation(org_slug, actor)
     try:
         return config.integration(org, type_key, actor)

@@ -42,6 +42,7 @@ from integration_hub.adapters.bufdir import (
     TYPE_PREFIX,
 )
 from integration_hub.models import Activity, ActivityStatus, Chapter
+from integration_hub.untrusted import csv_text, markdown_text
 
 MINUTES_PER_DAY = 24 * 60
 
@@ -385,13 +386,19 @@ def build_report(
 
 # -- the report files ----------------------------------------------------------------------------
 def report_csv(frame: pd.DataFrame) -> bytes:
-    """Semicolon-separated UTF-8 with a header, one row per chapter and municipality."""
+    """Semicolon-separated UTF-8 with a header, one row per chapter and municipality.
+
+    The text columns (chapter code and name, municipality) come from the volunteer app and go
+    through ``csv_text``: a chapter named ``=HYPERLINK(...)`` must not become a formula when
+    the file is opened in a spreadsheet. The number columns are the hub's own counts and hours,
+    written as numbers: a ``'`` would turn them into text, and validation keeps them >= 0.
+    """
     lines = [";".join(CSV_COLUMNS)]
     for row in frame.itertuples(index=False):
         values = [
-            row.chapter_code,
-            row.chapter_name,
-            row.municipality_number,
+            csv_text(row.chapter_code),
+            csv_text(row.chapter_name),
+            csv_text(row.municipality_number),
             row.activities,
             row.participants,
             row.participant_days,
@@ -412,11 +419,14 @@ def _csv_field(value: object) -> str:
 def report_summary(
     report: ActivityReport, *, organisation: str, org_number: str, csv_name: str, checksum: str
 ) -> str:
-    """The human-readable companion of the CSV (markdown)."""
+    """The human-readable companion of the CSV (markdown). Everything from the volunteer app
+    (names, codes, and the reasons that quote them) goes through ``markdown_text``, so a chapter
+    called ``[click](https://...)`` stays text where the summary is rendered."""
+    md = markdown_text
     agg = report.aggregate
     totals = {c: int(agg[c].sum()) for c in AGGREGATE_COLUMNS[3:]}
     lines = [
-        f"# Bufdir activity report: {organisation} ({org_number}), {report.period.label}",
+        f"# Bufdir activity report: {md(organisation)} ({md(org_number)}), {report.period.label}",
         "",
         f"Period {report.period.start.isoformat()} to {report.period.end.isoformat()}. "
         f"File `{csv_name}`, SHA-256 `{checksum}`.",
@@ -434,17 +444,17 @@ def report_summary(
     ]
     for row in agg.itertuples(index=False):
         lines.append(
-            f"| {row.chapter_code} {row.chapter_name} | {row.municipality_number} "
+            f"| {md(row.chapter_code)} {md(row.chapter_name)} | {md(row.municipality_number)} "
             f"| {row.activities} | {row.participants} | {row.participant_days} "
             f"| {volunteer_hours(row.volunteer_minutes)} | {row.participants_under_26} |"
         )
     if not report.failed.empty:
         lines += ["", "## Not counted: fix in the app and submit again", ""]
-        lines += [f"- activity {r.record_id}: {r.reason}" for r in report.failed.itertuples()]
+        lines += [f"- activity {r.record_id}: {md(r.reason)}" for r in report.failed.itertuples()]
     if not report.skipped.empty:
         lines += ["", "## Skipped (excluded categories)", ""]
         for reason, n in report.skipped["reason"].value_counts().sort_index().items():
-            lines.append(f"- {reason}: {n}")
+            lines.append(f"- {md(reason)}: {n}")
     lines += [
         "",
         "Participant days = participants x activity days; an activity lasts "

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from sqlmodel import Session, select
 
+from integration_hub.adapters.endpoints import guarded_transport
 from integration_hub.db import app_session, hub_session
 from integration_hub.models import AuditEntry, Integration, Organisation, utcnow
 from integration_hub.settings import get_settings
@@ -163,7 +164,11 @@ def post(url: str, payload: dict[str, Any], transport: httpx.BaseTransport | Non
     with _SENDING_LOCK:
         _SENDING.add(url)
     try:
-        with httpx.Client(timeout=TIMEOUT, transport=transport, follow_redirects=False) as client:
+        with httpx.Client(
+            timeout=TIMEOUT,
+            transport=transport or guarded_transport(),
+            follow_redirects=False,
+        ) as client:
             response = client.post(url, json=payload, headers={"User-Agent": USER_AGENT})
     except httpx.HTTPError as exc:
         return f"failed: {type(exc).__name__}"

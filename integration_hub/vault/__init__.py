@@ -2,6 +2,8 @@
 
 - :class:`CredentialVault` stores, reveals (audited), masks, deletes and rotates credentials.
 - :mod:`~integration_hub.vault.keyring`: the key ring, the key file, ``INTEGRATIONS_VAULT_KEYS``.
+- :mod:`~integration_hub.vault.lifecycle`: creating the ring and retiring key versions, never
+  while stored credentials still need the keys.
 - :func:`is_mask`, :func:`mask`, :func:`redact`: what pages, forms and error paths use so that
   no plaintext ever leaves (invariant 2 in ``DESIGN.md``).
 """
@@ -15,6 +17,7 @@ from integration_hub.vault.credentials import (
 from integration_hub.vault.errors import (
     CredentialNotSet,
     VaultDecryptError,
+    VaultEndpointMismatch,
     VaultError,
     VaultKeyExists,
     VaultKeyInvalid,
@@ -39,6 +42,7 @@ __all__ = [
     "KeyRing",
     "RotationReport",
     "VaultDecryptError",
+    "VaultEndpointMismatch",
     "VaultError",
     "VaultKeyExists",
     "VaultKeyInvalid",

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NoReturn
 
@@ -31,6 +32,7 @@ from integration_hub.models.hub import AuditEntry, Credential, Integration, utcn
 from integration_hub.vault.errors import (
     CredentialNotSet,
     VaultDecryptError,
+    VaultEndpointMismatch,
     VaultError,
 )
 from integration_hub.vault.keyring import (
@@ -51,20 +53,60 @@ NONCE_BYTES = 12
 """96 bits, the size GCM is specified for; random per encryption."""
 AD_PREFIX = "ih-cred|v1"
 """Format tag of the associated data; bump it if the binding ever changes."""
+AD_PREFIX_ENDPOINT = "ih-cred|v2"
+"""The format that also binds the endpoints the secret was entered for."""
 DEFAULT_BATCH_SIZE = 100
 _FIELD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,59}")
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 
+_USES_LOGGED_ONLY: ContextVar[bool] = ContextVar("vault_uses_logged_only", default=False)
+
+
+@contextmanager
+def uses_logged_only() -> Iterator[None]:
+    """Within the block, :meth:`CredentialVault.reveal` and :meth:`~CredentialVault.reveal_all`
+    record each use in the log (INFO: who, which field, why) instead of the audit table.
+
+    Only for reads that show something and send nothing but the request for it, such as the
+    target's chart of accounts on the mapping page: a GET must change nothing, the audit log
+    included. Everything that sends data or changes configuration stays audited in the table.
+    """
+    token = _USES_LOGGED_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _USES_LOGGED_ONLY.reset(token)
+
 
 def associated_data(
-    *, organisation_id: int, integration_id: int, field: str, key_version: int
+    *,
+    organisation_id: int,
+    integration_id: int,
+    field: str,
+    key_version: int,
+    endpoint: str | None = None,
 ) -> bytes:
-    """What a ciphertext is bound to; GCM authenticates it, so a moved or edited row fails."""
-    return (
-        f"{AD_PREFIX}|org={int(organisation_id)}|int={int(integration_id)}"
-        f"|field={field}|key={int(key_version)}"
-    ).encode()
+    """What a ciphertext is bound to; GCM authenticates it, so a moved or edited row fails.
+
+    ``endpoint`` (:func:`integration_hub.adapters.endpoints.binding`) binds the secret to the
+    endpoints it was entered for, so a row whose endpoint was edited does not decrypt either.
+    Rows stored before that (``endpoint`` unset) keep the v1 format."""
+    base = (
+        f"org={int(organisation_id)}|int={int(integration_id)}|field={field}|key={int(key_version)}"
+    )
+    if endpoint is None:
+        return f"{AD_PREFIX}|{base}".encode()
+    return f"{AD_PREFIX_ENDPOINT}|{base}|endpoint={endpoint}".encode()
+
+
+def _check_endpoint(row: Credential, endpoint: str | None) -> None:
+    """A secret bound to endpoints goes only there (rows from before the binding: anywhere
+    the configuration service allowed)."""
+    if row.endpoint is not None and row.endpoint != endpoint:
+        raise VaultEndpointMismatch(
+            field=row.field, integration_id=row.integration_id, entered_for=row.endpoint
+        )
 
 
 def _check_field(field: str) -> None:
@@ -76,6 +118,47 @@ def _check_field(field: str) -> None:
         )
 
 
+def credential_label(
+    organisation: int | str, integration_id: int, integration_type: str, field: str, version: int
+) -> str:
+    """How reports name one stored credential for an operator: where it belongs, never what
+    it holds."""
+    return (
+        f"organisation {organisation}, integration {integration_id} ({integration_type}), "
+        f"field {field}, key version {version}"
+    )
+
+
+@dataclass(frozen=True)
+class RotationFailure:
+    """A credential that could not be re-encrypted: which row, never its value.
+
+    It still holds its old ciphertext under its old key version, so that version must stay in
+    the ring until the row is entered again (or the right ring is restored)."""
+
+    organisation_id: int
+    integration_id: int
+    integration_type: str
+    field: str
+    key_version: int
+    reason: str
+    """The vault's own message (:class:`VaultDecryptError`), which names no secret."""
+
+    def label(self, organisation: str | None = None) -> str:
+        """``organisation hlf, integration 7 (xledger), field api_token, key version 1``;
+        ``organisation`` is the organisation's name where the caller knows it."""
+        return credential_label(
+            organisation or self.organisation_id,
+            self.integration_id,
+            self.integration_type,
+            self.field,
+            self.key_version,
+        )
+
+    def __str__(self) -> str:
+        return self.label()
+
+
 @dataclass(frozen=True)
 class RotationReport:
     """What a rotation did; counts and names only."""
@@ -83,8 +166,8 @@ class RotationReport:
     primary_version: int
     rotated: int = 0
     already_current: int = 0
-    failed: tuple[str, ...] = field(default=())
-    """``"integration 7 field api_token (key version 1)"`` for rows that did not decrypt."""
+    failed: tuple[RotationFailure, ...] = field(default=())
+    """The rows that did not decrypt, so were left as they were."""
 
     @property
     def complete(self) -> bool:
@@ -124,7 +207,13 @@ class CredentialVault:
     # -- cipher ---------------------------------------------------------------------------
 
     def _encrypt(
-        self, *, organisation_id: int, integration_id: int, field: str, plaintext: str
+        self,
+        *,
+        organisation_id: int,
+        integration_id: int,
+        field: str,
+        plaintext: str,
+        endpoint: str | None,
     ) -> tuple[int, bytes, bytes]:
         """(key_version, nonce, ciphertext) under the primary key with a fresh nonce."""
         version = self._ring.primary_version
@@ -134,6 +223,7 @@ class CredentialVault:
             integration_id=integration_id,
             field=field,
             key_version=version,
+            endpoint=endpoint,
         )
         ciphertext = AESGCM(self._ring.key(version)).encrypt(nonce, plaintext.encode(), ad)
         return version, nonce, ciphertext
@@ -157,6 +247,7 @@ class CredentialVault:
             integration_id=row.integration_id,
             field=row.field,
             key_version=version,
+            endpoint=row.endpoint,
         )
         try:
             if len(row.nonce) != NONCE_BYTES:
@@ -199,8 +290,14 @@ class CredentialVault:
         field: str,
         plaintext: str | SecretStr,
         actor: str,
+        endpoint: str | None,
     ) -> None:
         """Encrypt and upsert one secret, and audit it (the field name, never the value).
+
+        ``endpoint`` is where the secret may be sent (:func:`~integration_hub.adapters.
+        endpoints.binding`; None for a secret that is itself the destination, such as a
+        webhook URL): it is bound into the ciphertext, and :meth:`reveal` refuses the secret
+        for any other endpoint.
 
         Refuses an empty value or a mask (``••••••3f9a``): a form posted back unchanged must
         not overwrite the real secret. Use :meth:`delete` to remove one.
@@ -225,6 +322,7 @@ class CredentialVault:
             integration_id=integration_id,
             field=field,
             plaintext=value,
+            endpoint=endpoint,
         )
         row = self._row(session, integration_id, field)
         action = "credential.replaced" if row is not None else "credential.set"
@@ -237,6 +335,7 @@ class CredentialVault:
                 nonce=nonce,
                 ciphertext=ciphertext,
                 hint=hint_for(value),
+                endpoint=endpoint,
             )
         else:
             row.organisation_id = organisation_id
@@ -244,6 +343,7 @@ class CredentialVault:
             row.nonce = nonce
             row.ciphertext = ciphertext
             row.hint = hint_for(value)
+            row.endpoint = endpoint
             row.updated_at = utcnow()
         session.add(row)
         session.add(
@@ -266,11 +366,14 @@ class CredentialVault:
         field: str,
         purpose: str,
         actor: str = "system",
+        endpoint: str | None = None,
     ) -> str:
         """PLAINTEXT for an adapter at request time, audited as ``credential.used``.
 
-        Never return the result to a page, API, CLI, log, exception or Prefect parameter.
-        Raises :class:`CredentialNotSet` or :class:`VaultDecryptError`.
+        ``endpoint`` is where it is about to be sent; a secret entered for other endpoints is
+        refused (:class:`VaultEndpointMismatch`). Never return the result to a page, API, CLI,
+        log, exception or Prefect parameter. Raises :class:`CredentialNotSet` or
+        :class:`VaultDecryptError`.
         """
         if not purpose.strip():
             raise ValueError("reveal() needs a purpose, recorded in the audit log.")
@@ -285,6 +388,7 @@ class CredentialVault:
             raise CredentialNotSet(
                 field=field, integration_id=integration_id, organisation_id=organisation_id
             )
+        _check_endpoint(row, endpoint)
         value = self._decrypt(row, organisation_id=organisation_id)
         self._audit_use(session, organisation_id, integration_id, field, purpose, actor)
         return value
@@ -297,6 +401,7 @@ class CredentialVault:
         integration_id: int,
         purpose: str,
         actor: str = "system",
+        endpoint: str | None = None,
     ) -> dict[str, str]:
         """PLAINTEXT of every stored field of one integration; one ``credential.used`` entry per
         field. Missing fields are simply absent (the adapter's config model reports them)."""
@@ -310,6 +415,8 @@ class CredentialVault:
             )
             .order_by(col(Credential.field))
         ).all()
+        for row in rows:
+            _check_endpoint(row, endpoint)
         values = {row.field: self._decrypt(row, organisation_id=organisation_id) for row in rows}
         for name in values:
             self._audit_use(session, organisation_id, integration_id, name, purpose, actor)
@@ -324,6 +431,16 @@ class CredentialVault:
         purpose: str,
         actor: str,
     ) -> None:
+        if _USES_LOGGED_ONLY.get():
+            log.info(
+                "credential %s of integration %s used by %s for %s (read-only request: logged, "
+                "not stored)",
+                field,
+                integration_id,
+                actor,
+                purpose,
+            )
+            return
         session.add(
             AuditEntry(
                 actor=actor,
@@ -390,7 +507,7 @@ class CredentialVault:
                 .where(Credential.key_version == primary)
             ).one()
         rotated = 0
-        failed: list[str] = []
+        failed: list[RotationFailure] = []
         after_id = 0
         while True:
             with session_factory() as session:
@@ -430,10 +547,10 @@ class CredentialVault:
 
     def _rotate_batch(
         self, session: Session, after_id: int, batch_size: int
-    ) -> tuple[int | None, int, list[str]]:
+    ) -> tuple[int | None, int, list[RotationFailure]]:
         """Re-encrypt up to ``batch_size`` stale rows with id > ``after_id``.
 
-        Returns (last id seen or None when nothing was left, rows rotated, failure labels).
+        Returns (last id seen or None when nothing was left, rows rotated, rows that failed).
         Each update is conditional on the nonce read, so a secret replaced meanwhile by
         :meth:`store` is never overwritten with its old value.
         """
@@ -447,22 +564,29 @@ class CredentialVault:
         if not rows:
             return None, 0, []
         rotated = 0
-        failures: list[str] = []
+        failures: list[RotationFailure] = []
         for row in rows:
-            label = (
-                f"integration {row.integration_id} field {row.field} "
-                f"(key version {row.key_version})"
-            )
             try:
                 value = self._decrypt(row, organisation_id=row.organisation_id)
-            except VaultDecryptError:
-                failures.append(label)
+            except VaultDecryptError as exc:
+                integration = session.get(Integration, row.integration_id)
+                failures.append(
+                    RotationFailure(
+                        organisation_id=row.organisation_id,
+                        integration_id=row.integration_id,
+                        integration_type=integration.type_key if integration else "?",
+                        field=row.field,
+                        key_version=row.key_version,
+                        reason=exc.reason,
+                    )
+                )
                 continue
             version, nonce, ciphertext = self._encrypt(
                 organisation_id=row.organisation_id,
                 integration_id=row.integration_id,
                 field=row.field,
                 plaintext=value,
+                endpoint=row.endpoint,
             )
             result = session.exec(
                 update(Credential)

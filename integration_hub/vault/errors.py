@@ -55,9 +55,11 @@ class VaultDecryptError(VaultError):
     def __init__(self, *, field: str, integration_id: int, reason: str | None = None) -> None:
         self.field = field
         self.integration_id = integration_id
+        self.reason = reason or "the key ring does not match or the row was altered"
+        """Why, without the row's name (a rotation report names the row itself)."""
         super().__init__(
             f"Credential {field} of integration {integration_id} could not be decrypted: "
-            + (reason or "the key ring does not match or the row was altered")
+            + self.reason
         )
 
 
@@ -72,3 +74,21 @@ class CredentialNotSet(VaultError):
             f"No credential {field} is stored for integration {integration_id} of organisation "
             f"{organisation_id}. Enter it on the integration's settings page."
         )
+
+
+class VaultEndpointMismatch(VaultError):
+    """A secret was asked for on behalf of endpoints other than those it was entered for."""
+
+    def __init__(self, *, field: str, integration_id: int, entered_for: str) -> None:
+        self.field = field
+        self.integration_id = integration_id
+        super().__init__(
+            f"Credential {field} of integration {integration_id} was entered for "
+            f"{entered_for}; the integration now points elsewhere, so it is not sent there. "
+            f"Enter {field} again together with the new address."
+        )
+
+
+class VaultKeysInUse(VaultError):
+    """A new key ring, or removing a key version, would leave stored credentials that nothing
+    can decrypt any more; the message lists what still needs the keys and what to do."""

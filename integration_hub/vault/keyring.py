@@ -22,10 +22,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from integration_hub.private_files import PRIVATE_DIR_MODE
 from integration_hub.vault.errors import (
     VaultKeyExists,
     VaultKeyInvalid,
     VaultKeyMissing,
+    VaultKeysInUse,
     display_path,
 )
 
@@ -200,6 +202,24 @@ class KeyRing:
         """A copy with one more fresh key as the new primary (key rotation)."""
         return KeyRing({**self._keys, self.primary_version + 1: generate_key()}, source=self.source)
 
+    def without(self, version: int) -> KeyRing:
+        """A copy without ``version`` (retiring a key no credential uses any more).
+
+        The primary is never removed: new secrets are encrypted with it, and keeping the
+        highest version also keeps version numbers from ever being reused."""
+        if version not in self._keys:
+            raise VaultKeyInvalid(
+                f"{self.source}: there is no key version {version} "
+                f"(versions: {', '.join(map(str, self.versions))})."
+            )
+        if version == self.primary_version:
+            raise VaultKeysInUse(
+                f"Key version {version} is the primary key of {self.source}: new credentials "
+                "are encrypted with it. Run `integrations vault rotate` to add a new primary "
+                "first."
+            )
+        return KeyRing({v: k for v, k in self._keys.items() if v != version}, source=self.source)
+
     def to_file_text(self) -> str:
         """The key file's JSON. Holds key material: write it only through :func:`_write_private`."""
         document = {
@@ -249,7 +269,7 @@ def _write_private(path: Path, text: str, *, exclusive_target: bool) -> None:
     otherwise a 0600 temp file beside it is fsynced and moved over it with ``os.replace``,
     so a crash leaves either the old ring or the new one, never half of one.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     target = (
         path if exclusive_target else path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
@@ -309,3 +329,14 @@ def add_key_version(path: Path) -> int:
     ring = KeyRing.from_file(path).with_new_key()
     _write_private(path, ring.to_file_text(), exclusive_target=False)
     return ring.primary_version
+
+
+def remove_key_version(path: Path, version: int) -> KeyRing:
+    """Drop a retired key version from the key file (atomically) and return what is left.
+
+    The caller checks first that no stored credential still uses it
+    (:func:`integration_hub.vault.lifecycle.retire_key_version`)."""
+    path = Path(path)
+    ring = KeyRing.from_file(path).without(version)
+    _write_private(path, ring.to_file_text(), exclusive_target=False)
+    return ring

@@ -11,16 +11,20 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from integration_hub.settings import get_settings
 from integration_hub.web import errors
+from integration_hub.web.limits import BodyLimit
 from integration_hub.web.security import SecurityHeaders
 
 STATIC_DIR = Path(__file__).parent / "static"
 
 
 def create_app() -> FastAPI:
+    from integration_hub.services.accounts import check_identity_provider
     from integration_hub.web.api import router as api_router
     from integration_hub.web.pages import routers as page_routers
 
+    check_identity_provider()  # a half-configured identity provider stops startup, with why
     app = FastAPI(
         title="Integration Hub",
         version="1",
@@ -30,6 +34,8 @@ def create_app() -> FastAPI:
         docs_url="/api/v1/docs",
         redoc_url=None,
     )
+    # The last added is the outermost: every answer, a refused body included, gets the headers.
+    app.add_middleware(BodyLimit, max_bytes=get_settings().web_max_body_bytes)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     errors.install(app)

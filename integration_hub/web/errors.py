@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from integration_hub.services.errors import (
     Forbidden,
@@ -18,7 +20,7 @@ from integration_hub.services.errors import (
 )
 from integration_hub.web import i18n
 from integration_hub.web.rendering import language_of, render
-from integration_hub.web.security import SignInRequired
+from integration_hub.web.security import SignInRequired, apply_security_headers
 
 
 def status_of(exc: ServiceError) -> int:
@@ -44,6 +46,22 @@ def error_body(exc: ServiceError, language: str) -> dict[str, object]:
     return body
 
 
+SERVER_ERROR = "something went wrong in the hub; try again, and tell the operator if it persists"
+
+
+def error_response(
+    request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A refusal with one message, in the request's language: JSON for the API, the error page
+    for people."""
+    text = i18n.translate(message, language_of(request))
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": text}, status_code=status, headers=headers)
+    response = render(request, "error.html", {"status": status, "error": text}, status)
+    response.headers.update(headers or {})
+    return response
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Response:
@@ -67,18 +85,25 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        """Unknown addresses and wrong methods: JSON for the API, the error page for people."""
-        language = language_of(request)
-        message = i18n.translate(
-            "there is no such page" if exc.status_code == 404 else str(exc.detail), language
-        )
-        if request.url.path.startswith("/api/"):
-            return JSONResponse(
-                {"error": message}, status_code=exc.status_code, headers=exc.headers
-            )
-        return render(
-            request, "error.html", {"status": exc.status_code, "error": message}, exc.status_code
-        )
+        """Unknown addresses, wrong methods, bodies too large: JSON for the API, the error page
+        for people."""
+        message = "there is no such page" if exc.status_code == 404 else str(exc.detail)
+        return error_response(request, exc.status_code, message, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> Response:
+        """A bug: a fixed sentence, never the exception's text (it may hold a target's words).
+
+        Starlette answers this from its outermost middleware, outside ``SecurityHeaders``, so
+        the headers are set here. The exception is raised on afterwards, so the server logs its
+        traceback; the person sees none.
+        """
+        try:
+            response = error_response(request, 500, SERVER_ERROR)
+        except Exception:  # the database or a template failing again: a page needing neither
+            response = PlainTextResponse(SERVER_ERROR, status_code=500)
+        apply_security_headers(response.headers, request.url.path)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:

@@ -7,9 +7,12 @@ Routes only find out who is asking; what that person may do is decided in the se
 from __future__ import annotations
 
 import hmac
+import ipaddress
+from ipaddress import IPv4Network, IPv6Network
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.responses import Response
 
@@ -36,7 +39,38 @@ class SignInRequired(Exception):
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The client address sign-in throttling counts against.
+
+    The socket's peer, unless that peer is a proxy named in INTEGRATIONS_WEB_TRUSTED_PROXIES:
+    then the nearest address in ``X-Forwarded-For`` that is not such a proxy (read from the
+    right, as each proxy appends the address it saw). Anyone can write the header, so it is
+    believed only from a named proxy; uvicorn's own proxy-header handling is switched off where
+    the app is served, so it cannot rewrite the peer first.
+    """
+    peer = request.client.host if request.client else "unknown"
+    trusted = get_settings().web_trusted_proxies
+    if not _is_one_of(peer, trusted):
+        return peer
+    forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    client = peer
+    for hop in reversed(hops):
+        try:
+            address = ipaddress.ip_address(hop)
+        except ValueError:
+            return client  # not written by a proxy of ours: nothing further left is believed
+        client = str(address)
+        if not _is_one_of(client, trusted):
+            break
+    return client
+
+
+def _is_one_of(address: str, networks: list[IPv4Network | IPv6Network]) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
 
 
 def current_session(request: Request) -> accounts.SignedIn | None:
@@ -108,13 +142,18 @@ def api_actor(request: Request) -> Actor:
 ApiActor = Annotated[Actor, Depends(api_actor)]
 
 
+def apply_security_headers(headers: MutableHeaders, path: str) -> None:
+    """The headers every answer carries, error pages included (a route may set its own CSP)."""
+    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "same-origin"
+    headers["X-Frame-Options"] = "DENY"
+    if not path.startswith("/static/"):
+        headers["Cache-Control"] = "no-store"
+
+
 class SecurityHeaders(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "same-origin"
-        response.headers["X-Frame-Options"] = "DENY"
-        if not request.url.path.startswith("/static/"):
-            response.headers["Cache-Control"] = "no-store"
+        apply_security_headers(response.headers, request.url.path)
         return response

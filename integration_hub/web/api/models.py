@@ -39,7 +39,10 @@ class RunOut(BaseModel):
     retry_of_run_id: int | None
     started_at: datetime | None
     finished_at: datetime | None
-    link: str | None = Field(description="The Prefect UI page of the flow run, when known")
+    link: str | None = Field(
+        description="The Prefect UI page of the flow run, when known; for operators only (the "
+        "Prefect UI has no sign-in and shows every organisation's runs)"
+    )
 
 
 class CardOut(BaseModel):

@@ -9,11 +9,10 @@ from fastapi import APIRouter, Path, Query
 from integration_hub.services import api_support, history, sync
 from integration_hub.web.api.common import BASE, CHANGE_ERRORS, READ_ERRORS, CurrentIntegration
 from integration_hub.web.api.models import DayCountOut, HealthOut, RetryOut, RunOut
+from integration_hub.web.limits import MAX_ID
 from integration_hub.web.security import ApiActor
 
 router = APIRouter(tags=["health"])
-
-MAX_ID = 2**31 - 1
 
 
 @router.get(

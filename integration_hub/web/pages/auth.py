@@ -1,20 +1,21 @@
-"""Sign-in, sign-out and the language choice."""
+"""Sign-in, sign-out, changing one's own password and the language choice."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
-from integration_hub.services import accounts
-from integration_hub.services.errors import TooManyAttempts, Unauthorized
+from integration_hub.services import accounts, passwords
+from integration_hub.services.errors import InvalidInput, TooManyAttempts, Unauthorized
 from integration_hub.settings import get_settings
 from integration_hub.web import i18n
-from integration_hub.web.rendering import language_of, render
+from integration_hub.web.rendering import language_of, render, translator
 from integration_hub.web.security import (
     LANGUAGE_COOKIE,
     SESSION_COOKIE,
+    PageSession,
     SignInRequired,
     clear_session_cookie,
     client_address,
@@ -50,9 +51,37 @@ def home(request: Request) -> Response:
     return RedirectResponse(home_of(signed_in), status_code=303)
 
 
+def throttle_explained() -> dict[str, int]:
+    """The throttle's numbers for the sign-in page, which tells people the rules up front."""
+
+    def minutes(rule: accounts.ThrottleRule) -> int:
+        return int(rule.lock.total_seconds() // 60)
+
+    pair, account, client = (
+        accounts.PER_ACCOUNT_AND_CLIENT,
+        accounts.PER_ACCOUNT,
+        accounts.PER_CLIENT,
+    )
+    return {
+        "pair_limit": pair.limit,
+        "pair_minutes": minutes(pair),
+        "account_limit": account.limit,
+        "account_minutes": minutes(account),
+        "client_limit": client.limit,
+        "client_minutes": minutes(client),
+    }
+
+
+def _sign_in_form(
+    request: Request, next: str, email: str = "", error: str = "", status: int = 200
+) -> Response:
+    context = {"next": safe_next(next), "email": email, "error": error}
+    return render(request, "sign_in.html", {**context, "throttle": throttle_explained()}, status)
+
+
 @router.get("/sign-in")
 def sign_in_page(request: Request, next: str = "/") -> Response:
-    return render(request, "sign_in.html", {"next": safe_next(next), "email": ""})
+    return _sign_in_form(request, next)
 
 
 @router.post("/sign-in")
@@ -66,18 +95,83 @@ def sign_in(
         signed_in = accounts.sign_in(
             email, password, client=client_address(request), language=language_of(request)
         )
-    except (Unauthorized, TooManyAttempts) as exc:
-        status = 429 if isinstance(exc, TooManyAttempts) else 401
-        return render(
-            request,
-            "sign_in.html",
-            {"next": safe_next(next), "email": email, "error": str(exc)},
-            status,
-        )
+    except Unauthorized as exc:
+        return _sign_in_form(request, next, email, str(exc), 401)
+    except TooManyAttempts as exc:
+        response = _sign_in_form(request, next, email, str(exc), 429)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
     target = safe_next(next)
     response = RedirectResponse(target if target != "/" else home_of(signed_in), status_code=303)
     set_session_cookie(response, signed_in.token)
     return response
+
+
+_PASSWORD_PROBLEM_FIELDS = {
+    "the current password is wrong": "current_password",
+    "the two new passwords are not the same": "new_password_again",
+}
+"""Which field a problem from :func:`accounts.change_password` is about (else the new one)."""
+
+
+def _password_form(
+    request: Request,
+    problems: list[str] | None = None,
+    status: int = 200,
+    *,
+    refusal: str = "",
+    flash: str = "",
+) -> Response:
+    """The form, with each problem beside its field and in the summary (``refusal``: one that
+    belongs to no field, such as a paused sign-in)."""
+    tr = translator(request)
+    shown = [{"field": "", "message": tr(refusal)}] if refusal else []
+    errors: dict[str, str] = {}
+    for problem in problems or []:
+        field = _PASSWORD_PROBLEM_FIELDS.get(problem, "new_password")
+        errors[field] = f"{errors[field]} {tr(problem)}" if field in errors else tr(problem)
+        shown.append({"field": field, "message": tr(problem)})
+    context: dict[str, Any] = {
+        "problems": shown,
+        "errors": errors,
+        "min_length": passwords.MIN_LENGTH,
+        "flash": tr(flash) if flash else "",
+    }
+    return render(request, "account_password.html", context, status)
+
+
+@router.get("/account/password")
+def password_page(request: Request, signed_in: PageSession, changed: int = 0) -> Response:
+    """Any signed-in person may change their own password here."""
+    flash = "Your password is changed; other browsers were signed out." if changed else ""
+    return _password_form(request, flash=flash)
+
+
+@router.post("/account/password")
+def change_password(
+    request: Request,
+    signed_in: PageSession,
+    current_password: Annotated[str, Form(max_length=1024)] = "",
+    new_password: Annotated[str, Form(max_length=1024)] = "",
+    new_password_again: Annotated[str, Form(max_length=1024)] = "",
+) -> Response:
+    """The current password is required (and throttled like a sign-in); every other session of
+    the account ends, this one stays."""
+    try:
+        accounts.change_password(
+            request.cookies.get(SESSION_COOKIE) or "",
+            current_password,
+            new_password,
+            new_password_again,
+            client=client_address(request),
+        )
+    except InvalidInput as exc:
+        return _password_form(request, exc.problems, 422)
+    except TooManyAttempts as exc:
+        response = _password_form(request, status=429, refusal=str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
+    return RedirectResponse("/account/password?changed=1", status_code=303)
 
 
 @router.post("/sign-out")

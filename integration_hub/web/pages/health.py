@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from starlette.responses import RedirectResponse, Response
 
 from integration_hub.models import IntegrationStatus
@@ -22,6 +22,7 @@ from integration_hub.services.configuration import Actor
 from integration_hub.services.errors import InvalidInput, NotFound
 from integration_hub.services.guards import ExportRunning
 from integration_hub.tasks.extract import CATEGORY_LABELS
+from integration_hub.web.limits import MAX_ID
 from integration_hub.web.rendering import render
 from integration_hub.web.security import PageSession
 
@@ -158,6 +159,7 @@ def health_context(
         "retry": retry,
         "retry_result": retry_result,
         "chart": chart_geometry(history.daily_counts(row, actor, days=CHART_DAYS)),
+        "prefect_links": history.links_to_prefect(actor),  # operators only
         "trigger_labels": TRIGGER_LABELS,
         "connection_labels": CONNECTION_LABELS,
         "category_names": CATEGORY_LABELS,  # as the volunteer app names them
@@ -171,7 +173,7 @@ def health_page(
     org: str,
     integration_type: str,
     signed_in: PageSession,
-    retried: int | None = None,
+    retried: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> Response:
     context = health_context(org, integration_type, signed_in.actor, retried=retried)
     return render(request, "health.html", context)
@@ -183,7 +185,7 @@ def retry_failed(
     org: str,
     integration_type: str,
     signed_in: PageSession,
-    run_id: Annotated[int, Form(ge=1)],
+    run_id: Annotated[int, Form(ge=1, le=MAX_ID)],
 ) -> Response:
     """Re-send one run's failed records now, then back to the page with what happened."""
     actor = signed_in.actor

@@ -27,7 +27,6 @@ from integration_hub.web.pages.credentials import (
     base_context,
     connection_result,
     integration_url,
-    load,
 )
 from integration_hub.web.rendering import render, translator
 from integration_hub.web.security import PageSession
@@ -104,9 +103,10 @@ def step_context(
 
 
 def open_step(org: str, type_key: str, step: str, actor: Any) -> tuple[Organisation, Integration]:
-    """The integration a wizard step works on; a step not reached yet is refused with a
-    redirect (raised as :class:`StepNotReached`)."""
-    organisation, row = load(org, type_key, actor)
+    """The integration a wizard step works on (unsaved, without an id, until the first step is
+    posted); a step not reached yet is refused with a redirect (raised as
+    :class:`StepNotReached`)."""
+    organisation, row = setup.planned(org, type_key, actor)
     setup.check_step(type_key, step)
     if not setup_finished(row):
         steps = setup.steps_for(type_key)
@@ -136,7 +136,9 @@ def completed(org: str, type_key: str, row: Integration, step: str, actor: Any) 
 # -- start and resume --------------------------------------------------------------------------
 @router.get("/orgs/{org}/integrations/{type_key}/setup")
 def start(request: Request, org: str, type_key: str, signed_in: PageSession) -> Response:
-    row = setup.start(org, type_key, signed_in.actor)
+    """Where the person left off; for a new integration the first step, with nothing stored
+    yet (a GET changes nothing: the first post creates the draft)."""
+    _organisation, row = setup.planned(org, type_key, signed_in.actor)
     return RedirectResponse(step_url(org, type_key, setup.resume_step(row)), 303)
 
 
@@ -165,6 +167,8 @@ async def save_credentials_step(
     if isinstance(opened, Response):
         return opened
     organisation, row = opened
+    if row.id is None:  # the wizard's first post stores the draft
+        row = setup.start(org, type_key, signed_in.actor)
     form = await request.form()
     refused = credentials.save_credentials(request, row, form, signed_in.actor)
     if refused is not None:
