@@ -28,6 +28,8 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="hub-bench-bc-"))
     os.environ["INTEGRATIONS_VAR_DIR"] = str(workdir / "var")
+    # The local sandboxes listen on 127.0.0.1, as an operator allows them.
+    os.environ["INTEGRATIONS_ALLOWED_HOSTS"] = "127.0.0.1"
     ok = True
     print("Business Central: claims -> journal lines over $batch (sandbox in this process)")
     print(

@@ -158,6 +158,8 @@ def fresh_database(var_dir: Path) -> None:
 
     var_dir.mkdir(parents=True)
     os.environ["INTEGRATIONS_VAR_DIR"] = str(var_dir)
+    # The local sandboxes listen on 127.0.0.1, as an operator allows them.
+    os.environ["INTEGRATIONS_ALLOWED_HOSTS"] = "127.0.0.1"
     os.environ["INTEGRATIONS_DATABASE_URL"] = f"sqlite:///{var_dir / 'hub.db'}"
     db.dispose_engines()
     settings.reset_settings()

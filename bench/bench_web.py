@@ -37,6 +37,8 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="hub-bench-web-"))
     os.environ["INTEGRATIONS_VAR_DIR"] = str(workdir / "var")
+    # The local sandboxes listen on 127.0.0.1, as an operator allows them.
+    os.environ["INTEGRATIONS_ALLOWED_HOSTS"] = "127.0.0.1"
     os.environ["INTEGRATIONS_DATABASE_URL"] = f"sqlite:///{workdir / 'hub.db'}"
     os.environ["PREFECT_HOME"] = str(workdir / "prefect")
     (workdir / "var").mkdir()

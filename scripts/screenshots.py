@@ -34,6 +34,8 @@ def isolate(tmp: Path) -> None:
     """Point the hub and Prefect at ``tmp`` before either is imported."""
     os.environ["INTEGRATIONS_DATABASE_URL"] = f"sqlite:///{tmp}/hub.db"
     os.environ["INTEGRATIONS_VAR_DIR"] = str(tmp / "var")
+    # The local sandboxes listen on 127.0.0.1, as an operator allows them.
+    os.environ["INTEGRATIONS_ALLOWED_HOSTS"] = "127.0.0.1"
     os.environ["PREFECT_HOME"] = str(tmp / "prefect")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
