@@ -358,6 +358,6 @@ def test_serve_refuses_a_port_in_use_with_a_clear_message(fresh_var: Path) -> No
         taken.listen()
         port = taken.getsockname()[1]
         env = {"PREFECT_API_URL": None}
-        result = CliRunner().invoke(app, ["serve", "--port", str(port)], env=env)
+        result = CliRunner().invoke(app, ["serve", "--port", str(port), "--no-web"], env=env)
     assert result.exit_code == 2
     assert f"port {port} on 127.0.0.1 is in use" in result.output
