@@ -39,6 +39,10 @@ app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(credentials_app, name="credentials")
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(endpoints_app, name="endpoints")
+dynamics_app = typer.Typer(
+    help="Business Central: the companies and journals to choose from.", no_args_is_help=True
+)
+app.add_typer(dynamics_app, name="dynamics")
 
 F = TypeVar("F", bound=Callable[..., Any])
 CLI_ACTOR_NAME = "cli:" + (os.environ.get("USER") or "operator")
@@ -259,6 +263,7 @@ def setup_from_answers(
 
     result, _alert = alerts.check_connection(row, who)
     lines.append(f"connection test: {result.status} in {result.elapsed_ms} ms: {result.detail}")
+    lines += [f"  warning: {warning}" for warning in result.warnings]
 
     mapping_answer = answers.get("mapping", "default")
     if adapter_type.default_mapping is None and mapping_answer in (None, "default"):
@@ -322,6 +327,8 @@ def setup_interactive(org: str, type_key: str) -> list[str]:
     typer.echo("Step 2/5 connection test ...")
     result, _alert = alerts.check_connection(row, who)
     typer.echo(safe_text(f"  {result.status} in {result.elapsed_ms} ms: {result.detail}"))
+    for warning in result.warnings:
+        typer.secho(safe_text(f"  warning: {warning}"), fg=typer.colors.YELLOW)
     typer.echo("Step 3/5 field mapping")
     if adapter_type.default_mapping is None:
         typer.echo(f"  none needed for {adapter_type.display_name}")
@@ -418,9 +425,47 @@ def test_connection(org: str, type_key: Annotated[str, typer.Argument(metavar="T
     result, alert = alerts.check_connection(_integration(org, type_key), actor())
     colour = typer.colors.GREEN if result.ok else typer.colors.RED
     typer.secho(safe_text(f"{result.status}: {result.detail} ({result.elapsed_ms} ms)"), fg=colour)
+    for warning in result.warnings:  # the target's schema against what the hub sends
+        typer.secho(safe_text(f"warning: {warning}"), fg=typer.colors.YELLOW)
     if alert and alert != "no webhook":
         typer.echo(safe_text(f"alert: {alert}"))
     raise typer.Exit(0 if result.ok else 1)
+
+
+@dynamics_app.command("companies")
+@friendly_errors
+def dynamics_companies(org: str) -> None:
+    """The companies the stored Business Central credentials can reach: save one's id as
+    company_id (the setup form, or `integrations setup ORG dynamics --from-file`)."""
+    from integration_hub.services import api_support
+    from integration_hub.untrusted import safe_text
+
+    choices = api_support.companies(_integration(org, "dynamics"), actor())
+    for choice in choices:
+        typer.echo(safe_text(f"{choice.id}  {choice.name}"))
+    if not choices:
+        typer.echo("no companies in this environment")
+
+
+@dynamics_app.command("journals")
+@friendly_errors
+def dynamics_journals(
+    org: str,
+    company: Annotated[
+        str | None, typer.Option("--company", help="A company id; the saved one by default.")
+    ] = None,
+) -> None:
+    """A company's general journal batches: save one's id as journal_id (or its code as
+    journal_code). A note says why the hub cannot use a batch as it is."""
+    from integration_hub.services import api_support
+    from integration_hub.untrusted import safe_text
+
+    choices = api_support.journals(_integration(org, "dynamics"), actor(), company)
+    for choice in choices:
+        note = f"  ({choice.note})" if choice.note else ""
+        typer.echo(safe_text(f"{choice.id}  {choice.code:<10}  {choice.name}{note}"))
+    if not choices:
+        typer.echo("no journal batches in this company")
 
 
 @mappings_app.command("validate")

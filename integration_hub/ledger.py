@@ -5,7 +5,9 @@ answer turns it into ``exported`` (``confirm``, which names the run that confirm
 it (``release``) only when the answer proves the target stored nothing. Any other answer leaves
 the row pending with a ``settle_after`` time (``mark_unknown``): the load engine looks such keys
 up at the target once that time has passed (a commit can land after the client gave up), and
-only then confirms them or sends them again.
+only then confirms them or sends them again. A record the target holds but refused to import
+(Xledger's staged GL import) is ``refused`` (``mark_refused``): not sent again while the target
+holds it, looked up by every run like a pending one, and confirmed once the target imported it.
 """
 
 from __future__ import annotations
@@ -14,14 +16,22 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, insert, or_, select, update
 from sqlmodel import Session
 
 from integration_hub.models import ExportLedger, LedgerState, utcnow
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 CHUNK = 500
+UNSETTLED = (LedgerState.PENDING.value, LedgerState.REFUSED.value)
+"""States whose outcome at the target a later run settles (looks up first, never re-sends)."""
+
+
+def _unsettled(state: Any) -> ColumnElement[bool]:
+    """``state`` is one of :data:`UNSETTLED` (no IN: ``confirm`` runs as an executemany)."""
+    return or_(*(state == value for value in UNSETTLED))
 
 
 def _chunks(items: list[str]) -> Iterable[list[str]]:
@@ -124,7 +134,7 @@ class Ledger:
             update(table)
             .where(
                 table.c.idempotency_key == bindparam("key"),
-                table.c.state == LedgerState.PENDING.value,
+                _unsettled(table.c.state),
             )
             .values(
                 state=LedgerState.EXPORTED.value,
@@ -150,27 +160,35 @@ class Ledger:
                 session.execute(
                     delete(table).where(
                         table.c.idempotency_key.in_(chunk),
-                        table.c.state == LedgerState.PENDING.value,
+                        _unsettled(table.c.state),
                     )
                 )
 
     def mark_unknown(self, keys: list[str], settle_after: datetime) -> None:
         """The request of these pending keys got no clear answer: look them up from
         ``settle_after`` on, never before."""
+        self._set_unsettled(keys, LedgerState.PENDING, settle_after)
+
+    def mark_refused(self, keys: list[str]) -> None:
+        """The target holds these keys but refused to import them: the next run looks them up
+        (and asks again) instead of sending them."""
+        self._set_unsettled(keys, LedgerState.REFUSED, None)
+
+    def _set_unsettled(
+        self, keys: list[str], state: LedgerState, settle_after: datetime | None
+    ) -> None:
         table = ExportLedger.__table__
         with self._session() as session:
             for chunk in _chunks(keys):
                 session.execute(
                     update(table)
-                    .where(
-                        table.c.idempotency_key.in_(chunk),
-                        table.c.state == LedgerState.PENDING.value,
-                    )
-                    .values(settle_after=settle_after)
+                    .where(table.c.idempotency_key.in_(chunk), _unsettled(table.c.state))
+                    .values(state=state.value, settle_after=settle_after)
                 )
 
     def pending(self) -> list[PendingRecord]:
-        """This integration's pending rows: requests whose outcome is not known yet."""
+        """This integration's unsettled rows: requests whose outcome is not known yet, and
+        records the target holds but refused to import."""
         table = ExportLedger.__table__
         with self._session() as session:
             rows = session.execute(
@@ -182,7 +200,7 @@ class Ledger:
                     table.c.settle_after,
                 ).where(
                     table.c.integration_id == self.integration_id,
-                    table.c.state == LedgerState.PENDING.value,
+                    _unsettled(table.c.state),
                 )
             )
             return [

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from apiworld import API, bearer, configured_xledger, integration_url, snapshot, use_test_idp
-from factories import stored_secret
+from factories import configure_xledger, stored_secret
 from webworld import ADMIN_A, ORG_A, ORG_B
 
 XLEDGER = integration_url(ORG_A)
@@ -203,8 +203,9 @@ def test_connection_test_answers_with_a_classified_result(web: Any, admin: Any) 
     response = admin.post(f"{XLEDGER}/connection-test")
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"ok", "status", "detail", "elapsed_ms"}
+    assert set(body) == {"ok", "status", "detail", "elapsed_ms", "warnings"}
     assert body["ok"] is True and body["status"] == "ok" and 0 <= body["elapsed_ms"] < 10_000
+    assert body["warnings"] == []
     assert token not in response.text
     last = admin.get(XLEDGER).json()["last_connection_test"]
     assert last["status"] == "ok" and last["at"]
@@ -213,6 +214,21 @@ def test_connection_test_answers_with_a_classified_result(web: Any, admin: Any) 
     refused = admin.post(f"{XLEDGER}/connection-test").json()
     assert refused["ok"] is False and refused["status"] == "bad_credentials"
     assert refused["detail"]
+
+
+def test_connection_test_warns_in_the_callers_language_where_the_schema_differs(
+    web: Any, admin: Any
+) -> None:
+    from integration_hub.sandbox.xledger_schema import SchemaChanges
+
+    token = web.xledger_company(ORG_A, schema_changes=SchemaChanges(require=("dueDate",)))
+    configure_xledger(ORG_A, web.sandbox_url, token)
+    body = admin.post(f"{XLEDGER}/connection-test", headers={"Accept-Language": "nb"}).json()
+    assert body["ok"] is True
+    assert body["warnings"] == [
+        "Xledger krever AddGLImportItemsInput.node.dueDate, som huben ikke sender; eksporten "
+        "stopper til huben er oppdatert for det (si fra til driften av huben)"
+    ]
 
 
 def test_connection_test_without_credentials_says_so(admin: Any) -> None:

@@ -48,6 +48,8 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("POST", f"{I}/connection-test"): Sample(PROBE),
     ("PUT", f"{I}/status"): Sample(CHANGE, {"status": "paused"}),
     ("GET", f"{I}/reference-codes"): Sample(READ),
+    ("GET", f"{I}/companies"): Sample(READ),
+    ("GET", f"{I}/journals"): Sample(READ),
     ("GET", f"{I}/mapping"): Sample(READ),
     ("POST", f"{I}/mapping/check"): Sample(READ, "mapping"),
     ("PUT", f"{I}/mapping"): Sample(CHANGE, {"document": "mapping", "accept_warnings": True}),

@@ -115,6 +115,29 @@ def test_wrong_token_fails_the_connection_test_with_exit_1(
     assert "bad_credentials" in result.output
 
 
+def test_the_connection_test_shows_schema_drift_as_warnings(
+    org: dict[str, Any], tmp_path: Path, xledger_sandbox: Any
+) -> None:
+    """A tenant whose input type lacks a field the hub sends: the credentials work (exit 0),
+    and the setup output and ``test-connection`` both say which field, before anything runs."""
+    from integration_hub.sandbox.xledger_schema import SchemaChanges
+
+    state, _server = xledger_sandbox
+    token = secrets.token_hex(16)
+    state.add_company(token, schema_changes=SchemaChanges(drop=("trRegNumber",)))
+    setup = setup_xledger(org, tmp_path, token=token)
+    assert setup.exit_code == 0, setup.output
+    assert "warning: Xledger does not have AddGLImportItemsInput.node.trRegNumber" in setup.output
+    tested = invoke("test-connection", "bf", "xledger")
+    assert tested.exit_code == 0
+    assert "ok: Connected to Xledger" in tested.output
+    assert "warning: Xledger does not have AddGLImportItemsInput.node.trRegNumber" in (
+        tested.output
+    )
+    unchanged = setup_xledger(org, tmp_path)  # the org's own company: nothing to warn about
+    assert "warning" not in unchanged.output.split("field mapping")[0]
+
+
 def test_mapping_warning_sync_dry_run_runs_and_exclusions(
     org: dict[str, Any], tmp_path: Path, prefect_harness: Path
 ) -> None:

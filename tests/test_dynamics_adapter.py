@@ -16,11 +16,24 @@ import pytest
 from factories import claims_frame
 from pydantic import SecretStr, ValidationError
 
-from integration_hub.adapters.base import ConnectionStatus, RecordStatus, RunAbort
+from integration_hub.adapters.base import (
+    ConnectionStatus,
+    OutcomeUnknown,
+    RecordStatus,
+    RunAbort,
+    SchemaDrift,
+    TransientError,
+)
 from integration_hub.adapters.dynamics import (
+    SENT_PROPERTIES,
+    TOKENS,
     DynamicsAdapter,
     DynamicsConfig,
-    clear_token_cache,
+    EntraClientCredentials,
+    TokenCache,
+    TokenRefused,
+    _answered_operations,
+    _csdl_entity,
     document_number_for,
     json_bytes,
 )
@@ -38,9 +51,9 @@ TEMPLATE = load_template("dynamics_expense_claims.yaml")
 
 @pytest.fixture(autouse=True)
 def _fresh_tokens() -> Iterator[None]:
-    clear_token_cache()
+    TOKENS.clear()
     yield
-    clear_token_cache()
+    TOKENS.clear()
 
 
 @pytest.fixture
@@ -89,8 +102,23 @@ def test_config_flags_the_secret_and_never_echoes_input(bc: tuple[Provisioned, s
     with pytest.raises(ValidationError) as caught:
         DynamicsConfig.model_validate({**made.settings(url), "company_id": "not-a-guid"})
     assert "company_id" in str(caught.value) and made.client_secret not in str(caught.value)
-    with pytest.raises(ValidationError, match="give journal_id or journal_code"):
-        DynamicsConfig.model_validate({**made.settings(url), "journal_id": None})
+    # The company and journal are picked after the credentials work: both may wait.
+    bare = {**made.settings(url), "company_id": None, "journal_id": None}
+    assert DynamicsConfig.model_validate(bare).company_id is None
+    with pytest.raises(ValidationError, match="choose the company before the journal"):
+        DynamicsConfig.model_validate({**bare, "journal_code": "UTLEGG"})
+
+
+def test_the_old_balancing_setting_is_dropped_when_empty_and_refused_when_set(
+    bc: tuple[Provisioned, str],
+) -> None:
+    """Stored settings carry ``balancing_account_number: null`` from before the G/L mode moved
+    into the mapping; a value must not be ignored silently (claims would credit employees)."""
+    made, url = bc
+    config = DynamicsConfig.model_validate({**made.settings(url), "balancing_account_number": None})
+    assert "balancing_account_number" not in config.settings()
+    with pytest.raises(ValidationError, match="payable_account_type gl, payable_account 2910"):
+        DynamicsConfig.model_validate({**made.settings(url), "balancing_account_number": "2910"})
 
 
 def test_amounts_go_out_as_exact_json_numbers() -> None:
@@ -108,7 +136,10 @@ def test_connection_ok_names_company_and_journal(bc: tuple[Provisioned, str]) ->
     assert result.status is ConnectionStatus.OK, result.detail
     assert "Frivillig Norge" in result.detail and "UTLEGG" in result.detail
     assert made.client_secret not in result.detail
-    assert adapter._last_token and adapter._last_token not in result.detail
+    token = adapter.auth.last_token
+    assert token and token not in result.detail
+    # The API shows no number series: the test says what the journal batch needs instead.
+    assert "No. Series (or one allowing manual numbers) and no Posting No. Series" in result.detail
 
 
 @pytest.mark.parametrize(
@@ -167,19 +198,38 @@ def test_journal_with_a_balancing_account_is_flagged(bc: tuple[Provisioned, str]
     assert "balancing account 1920" in result.detail
 
 
-@pytest.mark.parametrize(
-    ("account", "words"),
-    [("2910", None), ("2911", "not in the company's chart"), ("2400", "direct posting is off")],
-)
-def test_a_configured_balancing_account_is_checked(
-    bc: tuple[Provisioned, str], account: str, words: str | None
+def test_without_a_company_or_journal_the_test_lists_what_to_choose(
+    bc: tuple[Provisioned, str],
 ) -> None:
-    result = _adapter(bc, balancing_account_number=account).check_connection()
-    if words is None:
-        assert result.status is ConnectionStatus.OK, result.detail
-    else:
-        assert result.status is ConnectionStatus.UNEXPECTED_RESPONSE
-        assert f"balancing account {account}" in result.detail and words in result.detail
+    made, _ = bc
+    made.tenant.environments["production"].add_company("Frivillig Vest")
+    result = _adapter(bc, company_id="", journal_id="").check_connection()
+    assert result.status is ConnectionStatus.UNEXPECTED_RESPONSE
+    assert "choose the company (2 in companies: 'Frivillig Norge', 'Frivillig Vest')" in (
+        result.detail
+    )
+    result = _adapter(bc, journal_id="").check_connection()
+    assert (
+        "choose the journal (1 in the journals of company 'Frivillig Norge': "
+        "UTLEGG ('Utlegg frivillige')) and save it" in result.detail
+    )
+
+
+def test_companies_and_journals_to_pick_from(bc: tuple[Provisioned, str]) -> None:
+    made, _ = bc
+    other = made.tenant.environments["production"].add_company("Frivillig Vest")
+    bank = made.company.add_journal("BANK", "Bank", balancing_account_number="1920")
+    adapter = _adapter(bc, company_id="", journal_id="")
+    companies = {c.name: c.id for c in adapter.companies()}
+    assert companies == {"Frivillig Norge": made.company_id, "Frivillig Vest": other.id}
+    journals = {j.code: j for j in adapter.journals(made.company_id)}
+    assert journals["UTLEGG"].id == made.journal_id and journals["UTLEGG"].note == ""
+    assert journals["BANK"].id == bank["id"] and "balancing account 1920" in journals["BANK"].note
+    assert adapter.journals(other.id) == []
+    with pytest.raises(RunAbort, match="no Business Central company is chosen"):
+        adapter.journals()  # the configured company, which there is none of yet
+    with pytest.raises(RunAbort, match="no Business Central company is chosen"):
+        adapter.load(_lines(1))
 
 
 def test_throttled_never_waits_for_retry_after(bc: tuple[Provisioned, str]) -> None:
@@ -390,13 +440,45 @@ def test_vendor_and_balancing_account_credits(bc: tuple[Provisioned, str]) -> No
         "Vendor": 2,
     }
 
-    adapter = _adapter(bc, balancing_account_number="2910")
-    result = adapter.load(_lines(2, first_id=10))
+
+def _gl_mode(payable_account: str | None = "2910") -> Any:
+    """The template switched to the G/L balancing mode, as its comments say."""
+    document = TEMPLATE.model_dump(mode="json")
+    document["fields"]["payable_account_type"] = {"constant": "gl"}
+    if payable_account is not None:
+        document["fields"]["payable_account"] = {"constant": payable_account}
+    return load_template_from(document)
+
+
+def test_gl_balancing_mode_never_sends_an_employee_line(bc: tuple[Provisioned, str]) -> None:
+    """Every line can be read back (journalLines lists only G/L..Bank lines), and the credit
+    line names the volunteer, who has no employee line of their own."""
+    made, _ = bc
+    adapter = _adapter(bc)
+    lines = _lines(3, mapping=_gl_mode(), employee_number="1002")
+    result = adapter.load(lines)
     assert {r.status for r in result.results} == {RecordStatus.EXPORTED}
-    credits = [line for line in made.company.journal_lines() if line["accountNumber"] == "2910"]
-    assert len(credits) == 2 and all(line["amount"] < 0 for line in credits)
+    journal = made.company.journal_lines()
+    assert {line["accountType"] for line in journal} == {"G/L Account"}
+    credits = [line for line in journal if line["accountNumber"] == "2910"]
+    assert len(credits) == 3 and all(line["amount"] < 0 for line in credits)
+    key = str(lines["idempotency_key"].iloc[0])
+    credit = next(c for c in credits if c["externalDocumentNumber"] == key.upper())
+    assert credit["description"].startswith("1002: UTL-1 Reise")
+    assert credit["description"].endswith(" " + document_number_for(key))
+    listed = made.company.journal_lines(listed_only=True)
+    assert len(listed) == len(journal) == 6  # nothing hidden from the lookup
     keys = [r.idempotency_key for r in result.results]
     assert sorted(adapter.lookup(keys)) == sorted(keys)
+
+
+def test_gl_balancing_mode_without_a_payable_account_says_what_to_map(
+    bc: tuple[Provisioned, str],
+) -> None:
+    result = _adapter(bc).load(_lines(1, mapping=_gl_mode(payable_account=None)))
+    assert result.results[0].status is RecordStatus.REJECTED
+    assert "map payable_account (the G/L payable account)" in str(result.results[0].reason)
+    assert result.requests == 0
 
 
 class Clock:
@@ -507,3 +589,301 @@ def test_a_next_link_to_another_host_is_not_followed(bc: tuple[Provisioned, str]
     assert adapter.redact("token t0k3n-value, secret s3cret-value") == (
         "token [REDACTED], secret [REDACTED]"
     )
+
+
+# -- $batch answers without ids ----------------------------------------------------------------
+def test_null_batch_ids_are_matched_by_position(
+    bc: tuple[Provisioned, str], ledger: Ledger
+) -> None:
+    """Microsoft's transactional batch example answers ``"id": null``: the answers are then
+    placed by position, so the failing claim (and only it) is rejected, the others exported
+    with their own line ids."""
+    made, _ = bc
+    made.tenant.null_batch_ids = True
+    lines = _lines(4)
+    lines.loc[(lines["record_id"] == 3) & (lines["line_no"] == 2), "account"] = "9999"
+    report = load_lines(_adapter(bc), lines, ledger=ledger, run_id=None, policy=NO_WAIT)
+    failed = {o["record_id"]: o["reason"] for o in report.outcomes if o["status"] == "failed"}
+    assert list(failed) == [3] and "Employee does not exist" in failed[3]
+    assert _statuses(report) == {"exported": 3, "failed": 1}
+    journal = {line["id"]: line for line in made.company.journal_lines()}
+    for outcome in report.outcomes:
+        if outcome["status"] == "exported":
+            line = journal[str(outcome["target_reference"]).removeprefix("journalLine:")]
+            assert line["externalDocumentNumber"] == str(outcome["idempotency_key"]).upper()
+            assert line["accountType"] == "G/L Account"  # the claim's first line, its own
+
+
+@pytest.mark.parametrize(
+    ("ids", "words"),
+    [
+        (["1", None, "1"], "answers one line twice"),
+        (["7"], "names an unknown operation"),
+        ([None, None, None, None], "more answers than lines"),
+    ],
+    ids=["twice", "unknown", "too-many"],
+)
+def test_batch_answers_that_cannot_be_placed_leave_the_outcome_unknown(
+    ids: list[str | None], words: str
+) -> None:
+    answers = [{"id": i, "status": 201} for i in ids]
+    with pytest.raises(OutcomeUnknown, match=words):
+        _answered_operations(answers, ["1", "2", "3"])
+    assert _answered_operations(
+        [{"id": None, "status": 201}, {"id": "3", "status": 400}],
+        [
+            "1",
+            "2",
+            "3",
+        ],
+    ) == ["1", "3"]
+
+
+# -- reconciliation without the document number --------------------------------------------------
+def test_posted_claims_are_found_by_their_tag_when_a_posting_series_renumbers(
+    bc: tuple[Provisioned, str],
+) -> None:
+    """A batch with a Posting No. Series gives posted entries new document numbers; the tag at
+    the end of each description still finds them (Business Central's G/L entries carry no
+    external document number)."""
+    made, _ = bc
+    journal = made.company.add_journal("RENUMBER", posting_no_series="GJP")
+    adapter = _adapter(bc, journal_id=journal["id"])
+    lines = _lines(25)
+    keys = list(lines["idempotency_key"].unique())
+    assert {r.status for r in adapter.load(lines.iloc[:40]).results} == {RecordStatus.EXPORTED}
+    made.company.post_journal(journal["id"])
+    entries = made.company.gl_entries
+    assert {e["documentNumber"] for e in entries} == {f"GJP{n:05d}" for n in range(1, 21)}
+    adapter.requests_sent = 0
+    found = adapter.lookup(keys)
+    assert sorted(found) == sorted(keys[:20])
+    assert all(reference.startswith("glEntry:") for reference in found.values())
+    # journal lines, then G/L entries by document number, then by description: one page each
+    assert adapter.requests_sent == 2 + 2 + 2
+
+
+def test_every_description_ends_with_the_tag_and_the_text_is_cut_to_fit(
+    bc: tuple[Provisioned, str],
+) -> None:
+    made, _ = bc
+    lines = _lines(1)
+    lines["text"] = "x" * 200  # longer than any mapping would leave it
+    assert _adapter(bc).load(lines).results[0].status is RecordStatus.EXPORTED
+    tag = document_number_for(str(lines["idempotency_key"].iloc[0]))
+    for line in made.company.journal_lines():
+        assert len(line["description"]) == 100
+        assert line["description"] == "x" * 78 + "… " + tag
+
+
+# -- schema check against $metadata -------------------------------------------------------------
+def test_the_line_body_sends_exactly_the_properties_the_schema_check_knows(
+    bc: tuple[Provisioned, str],
+) -> None:
+    adapter = _adapter(bc)
+    for row in _lines(1).itertuples(index=False):
+        body, problem = adapter._line_body(row)
+        assert problem is None and set(body) == set(SENT_PROPERTIES)
+
+
+def test_an_unchanged_business_central_shows_no_drift(bc: tuple[Provisioned, str]) -> None:
+    adapter = _adapter(bc)
+    assert adapter.check_schema() == []
+    result = adapter.check_connection()
+    assert result.status is ConnectionStatus.OK and result.warnings == ()
+
+
+def test_the_schema_check_finds_a_property_we_send_that_the_target_lacks(
+    bc: tuple[Provisioned, str],
+) -> None:
+    """A Business Central without ``externalDocumentNumber``: the check says so before any
+    export, and the sandbox indeed refuses the lines the check warned about."""
+    made, _ = bc
+    made.tenant.change_schema(drop=["externalDocumentNumber"])
+    adapter = _adapter(bc)
+    # The wording is SchemaDrift's, shared by every adapter; what is compared is ours.
+    assert adapter.check_schema() == [
+        SchemaDrift.missing("Business Central", "journalLine.externalDocumentNumber")
+    ]
+    warnings = adapter.check_connection().warnings
+    assert any("externalDocumentNumber" in w for w in warnings)
+    result = adapter.load(_lines(1))
+    assert result.results[0].status is RecordStatus.REJECTED
+    assert "'externalDocumentNumber' does not exist" in str(result.results[0].reason)
+
+
+def test_changed_types_and_lengths_are_errors_unknown_enum_values_warnings(
+    bc: tuple[Provisioned, str],
+) -> None:
+    made, _ = bc
+    made.tenant.change_schema(
+        types={"amount": "Edm.Double", "postingDate": "Edm.DateTimeOffset"},
+        max_lengths={"description": 50},
+        drop_members=["Employee", "Vendor"],
+    )
+    field = "journalLine.{}".format
+    known = "Bank Account, Customer, Fixed Asset, G/L Account, IC Partner"
+    assert _adapter(bc).check_schema() == [
+        # Neither Employee nor Vendor: only the balancing modes that use them would fail.
+        SchemaDrift.unknown_value("Business Central", field("accountType"), known, None),
+        SchemaDrift.changed(
+            "Business Central", field("postingDate"), "Edm.DateTimeOffset", "Edm.Date"
+        ),
+        SchemaDrift.changed("Business Central", field("amount"), "Edm.Double", "Edm.Decimal"),
+        SchemaDrift.changed(
+            "Business Central",
+            field("description"),
+            "at most 50 characters",
+            "up to 100 characters",
+        ),
+    ]
+
+
+def test_metadata_names_are_decoded_and_hostile_documents_refused() -> None:
+    document = (
+        b'<?xml version="1.0"?><edmx:Edmx xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx"'
+        b' Version="4.0"><edmx:DataServices><Schema xmlns="http://docs.oasis-open.org/odata/ns/'
+        b'edm" Namespace="Microsoft.NAV" Alias="NAV"><EnumType Name="kind"><Member Name="G_x002F'
+        b'_L_x0020_Account" Value="0"/></EnumType><EntityType Name="journalLine"><Property Name='
+        b'"accountType" Type="NAV.kind"/><Property Name="description" Type="Edm.String" MaxLength'
+        b'="100"/></EntityType></Schema></edmx:DataServices></edmx:Edmx>'
+    )
+    entity, enums = _csdl_entity(document, "journalLine")
+    assert entity == {"accountType": ("NAV.kind", None), "description": ("Edm.String", 100)}
+    assert enums["NAV.kind"] == enums["Microsoft.NAV.kind"] == {"G/L Account"}
+    assert _csdl_entity(document, "account")[0] is None
+    bomb = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>'
+    with pytest.raises(TransientError, match="DTD"):
+        _csdl_entity(bomb, "journalLine")
+    with pytest.raises(TransientError, match="not readable XML"):
+        _csdl_entity(b"{}", "journalLine")
+
+
+# -- the OAuth2 client-credentials auth ---------------------------------------------------------
+class FakeEntra:
+    """A token endpoint and an API behind one MockTransport; the API refuses listed tokens."""
+
+    def __init__(self) -> None:
+        self.issued = 0
+        self.refused: set[str] = set()
+        self.seen: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/v2.0/token"):
+            self.issued += 1
+            return httpx.Response(200, json={"access_token": f"t{self.issued}", "expires_in": 3599})
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        self.seen.append(token)
+        return httpx.Response(401 if token in self.refused else 200, json={})
+
+
+def _auth(cache: TokenCache, secret: str = "s3cret") -> EntraClientCredentials:
+    return EntraClientCredentials(
+        "https://login.example/tenant/oauth2/v2.0/token",
+        tenant_id="tenant",
+        client_id="client",
+        client_secret=SecretStr(secret),
+        cache=cache,
+    )
+
+
+def test_auth_fetches_again_once_on_401_and_caches_per_secret() -> None:
+    entra, cache = FakeEntra(), TokenCache()
+    with httpx.Client(transport=httpx.MockTransport(entra), auth=_auth(cache)) as client:
+        assert client.get("https://bc.example/a").status_code == 200
+        assert client.get("https://bc.example/b").status_code == 200
+        assert entra.issued == 1 and entra.seen == ["t1", "t1"]  # cached
+        entra.refused = {"t1"}
+        assert client.get("https://bc.example/c").status_code == 200
+        assert entra.issued == 2 and entra.seen[2:] == ["t1", "t2"]  # refetched once, resent
+        entra.refused = {"t2", "t3"}
+        assert client.get("https://bc.example/d").status_code == 401
+        assert entra.issued == 3 and entra.seen[4:] == ["t2", "t3"]  # once, not again
+    # Another secret never gets the first one's token; the same one does, in a new auth.
+    entra.refused = set()
+    with httpx.Client(transport=httpx.MockTransport(entra), auth=_auth(cache, "other")) as other:
+        other.get("https://bc.example/e")
+    assert entra.issued == 4 and _auth(cache).key != _auth(cache, "other").key
+    assert cache.get(_auth(cache).key) == "t3"
+
+
+def test_auth_does_not_refetch_a_token_it_just_fetched() -> None:
+    entra, cache = FakeEntra(), TokenCache()
+    entra.refused = {"t1"}
+    with httpx.Client(transport=httpx.MockTransport(entra), auth=_auth(cache)) as client:
+        assert client.get("https://bc.example/a").status_code == 401
+    assert entra.issued == 1 and entra.seen == ["t1"]
+
+
+def test_a_token_endpoint_refusal_is_raised_with_a_reason() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = {"error": "invalid_client", "error_codes": [7000215]}
+        return httpx.Response(401, json=body)
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler), auth=_auth(TokenCache())) as client,
+        pytest.raises(TokenRefused) as caught,
+    ):
+        client.get("https://bc.example/a")
+    assert caught.value.status is ConnectionStatus.BAD_CREDENTIALS
+    assert "client secret" in caught.value.detail and not caught.value.transient
+
+
+# -- choosing the company and journal: services, REST API, CLI ----------------------------------
+def test_admin_picks_company_and_journal_from_lists_after_the_token_works(
+    web: Any, bc: tuple[Provisioned, str]
+) -> None:
+    """Credentials first (no GUIDs pasted), then the lists: through the service, the REST API
+    and ``integrations dynamics companies|journals``; the choice is saved like any setting."""
+    from typer.testing import CliRunner
+    from webworld import ADMIN_A, ORG_A
+
+    from integration_hub.cli import app
+    from integration_hub.services import configuration as config
+    from integration_hub.services.configuration import Actor
+
+    made, url = bc
+    admin = Actor("admin", organisation_id=web.organisation_ids[ORG_A], role="admin")
+    row = config.integration(config.organisation(ORG_A, admin), "dynamics", admin, create=True)
+    settings = {
+        k: v for k, v in made.settings(url).items() if k not in ("company_id", "journal_id")
+    }
+    config.save_configuration(row, settings, admin)
+    tested = config.test_connection(row, admin)
+    assert not tested.ok and "now choose the company (1 in companies" in tested.detail
+
+    companies = config.list_companies(row, admin)
+    assert [(c.id, c.name) for c in companies] == [(made.company_id, "Frivillig Norge")]
+    listed = CliRunner().invoke(app, ["dynamics", "companies", ORG_A])
+    assert listed.exit_code == 0 and f"{made.company_id}  Frivillig Norge" in listed.output
+
+    client = web.client(ADMIN_A)
+    path = f"/api/v1/organisations/{ORG_A}/integrations/dynamics/journals"
+    response = client.get(path, params={"company_id": made.company_id})
+    assert response.status_code == 200, response.text
+    assert response.json() == [
+        {"id": made.journal_id, "name": "Utlegg frivillige", "code": "UTLEGG", "note": ""}
+    ]
+    assert client.get(path, params={"company_id": "not-a-guid"}).status_code == 422
+    journals = CliRunner().invoke(app, ["dynamics", "journals", ORG_A])
+    assert journals.exit_code == 2 and "no Business Central company is chosen" in journals.output
+
+    config.save_configuration(config.reload(row), {"company_id": companies[0].id}, admin)
+    journals = CliRunner().invoke(app, ["dynamics", "journals", ORG_A])
+    assert journals.exit_code == 0 and f"{made.journal_id}  UTLEGG" in journals.output
+    config.save_configuration(config.reload(row), {"journal_id": made.journal_id}, admin)
+    assert config.test_connection(row, admin).ok
+    xledger = config.integration(config.organisation(ORG_A, admin), "xledger", admin, create=True)
+    assert config.list_companies(xledger, admin) == []  # nothing of the kind to choose
+
+
+def test_a_missing_gl_account_value_is_an_error(bc: tuple[Provisioned, str]) -> None:
+    """Every claim's expense line is a "G/L Account" line: without it nothing can be sent."""
+    made, _ = bc
+    made.tenant.change_schema(drop_members=["G/L Account"])
+    known = "Bank Account, Customer, Employee, Fixed Asset, IC Partner, Vendor"
+    assert _adapter(bc).check_schema() == [
+        SchemaDrift.changed(
+            "Business Central", "journalLine.accountType", f"one of {known}", "G/L Account"
+        )
+    ]

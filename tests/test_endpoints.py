@@ -120,7 +120,8 @@ def test_moving_an_endpoint_without_the_secret_is_refused_on_every_path(
     setup_file.write_text(f"base_url: {thief.url}\nmapping: default\naccept_warnings: true\n")
     result = runner.invoke(app, ["setup", ORG_A, "xledger", "--from-file", str(setup_file)])
     assert result.exit_code == 2 and "enter api_token again" in result.output
-    result = runner.invoke(app, ["setup", ORG_A, "xledger"], input=f"{thief.url}\n\n")
+    # Enter keeps the stored token and the voucher settings as they are.
+    result = runner.invoke(app, ["setup", ORG_A, "xledger"], input=f"{thief.url}\n\n\n\n\n")
     assert result.exit_code == 2 and "enter api_token again" in result.output
 
     assert _settings_of(row) == before

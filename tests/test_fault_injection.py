@@ -72,7 +72,14 @@ EXPECTED = {
 
 
 def _voucher(key: str) -> list[dict[str, Any]]:
-    line = {"postedDate": "2026-01-05", "extIdentifier": key, "text": "fault proxy test"}
+    line = {
+        "transactionSource": {"code": "GL"},
+        "trRegNumber": "1",
+        "jobLevel": {"dbSubId": 1},
+        "postedDate": "2026-01-05",
+        "extIdentifier": key,
+        "text": "fault proxy test",
+    }
     return [
         {"clientId": f"{key}:1", "node": {**line, "account": {"code": "7100"}, "amount": "10.00"}},
         {

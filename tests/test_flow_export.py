@@ -59,12 +59,14 @@ def test_export_end_to_end_then_nothing_twice(configured: tuple[Any, Any]) -> No
         1,
     )
     assert summary["exported_amount_ore"] == 43_225 + 15_050 + 120_000
-    assert summary["requests_sent"] == 1
+    # the schema check, the vouchers, and one question about import errors for the run
+    assert summary["requests_sent"] == 3
     reasons = [f["reason"] for f in summary["failures"]]
     assert any("account 7145 does not exist in Xledger" in r for r in reasons)
-    assert any("period" in r and "closed" in r for r in reasons)
+    assert any("could not import" in r and "period" in r and "closed" in r for r in reasons)
     assert any("no employee number" in r for r in reasons)
-    assert len(company.ledger) == 6
+    assert len(company.ledger) == 8  # the closed-period voucher is staged, then not imported
+    assert len(company.journal) == 6 and len(company.import_errors) == 2
     amounts = Counter(item["extIdentifier"] for item in company.ledger)
     assert set(amounts.values()) == {2}
 
@@ -80,14 +82,40 @@ def test_export_end_to_end_then_nothing_twice(configured: tuple[Any, Any]) -> No
         "travel",
         "meals",
     }
-    assert [entry.state for entry in ledger] == ["exported"] * 3
+    # the voucher Xledger holds but did not import: looked up by later runs, never sent again
+    assert sorted(entry.state for entry in ledger) == ["exported"] * 3 + ["refused"]
     assert run is not None and run.flow_run_id
 
     again = _run(row)
     assert (again["exported"], again["failed"], again["skipped"]) == (0, 3, 1)
-    assert len(company.ledger) == 6  # nothing posted twice
+    assert len(company.ledger) == 8 and company.mutations == 1  # nothing posted twice
+    assert again["requests_sent"] == 2  # a lookup and the import check; the schema is known
     attempts = sorted(f["attempt"] for f in again["failures"])
     assert attempts == [2, 2, 2]
+
+
+def test_a_schema_without_a_field_we_send_stops_the_export(
+    prefect_harness: Any, hub_env: str, vault_key: Any, xledger_sandbox: Any
+) -> None:
+    """A tenant whose AddGLImportItemsInput lacks trRegNumber: nothing is sent, and the run
+    says which field and what to do."""
+    from integration_hub.sandbox.xledger_schema import SchemaChanges
+
+    state, server = xledger_sandbox
+    token = secrets.token_hex(16)
+    company = state.add_company(
+        token,
+        employees=[{"code": "1001"}, {"code": "1002"}],
+        schema_changes=SchemaChanges(drop=("trRegNumber",)),
+    )
+    seed_organisation("testorg", CLAIMS[:3])
+    row = configure_xledger("testorg", server.url, token)
+    summary = _run(row)
+    assert summary["status"] == "failed" and summary["exported"] == 0
+    assert "AddGLImportItemsInput.node.trRegNumber" in summary["error"]
+    assert "schema no longer matches" in summary["error"]
+    assert company.mutations == 0 and summary["requests_sent"] == 1  # the schema check
+    assert all("not sent" in f["reason"] for f in summary["failures"])
 
 
 def test_dry_run_sends_nothing_and_records_no_outcomes(configured: tuple[Any, Any]) -> None:

@@ -347,3 +347,88 @@ def test_a_second_load_of_the_same_lines_posts_nothing(ledger: Ledger) -> None:
     assert _statuses(report) == {"exported": 3}
     assert len(again.stored) == 3
     assert again.requests_sent == 0
+
+
+class StagedTarget(ScriptedTarget):
+    """A target that answers before it imports (as Xledger's GL import): records whose id is
+    in ``refuse`` fail their import; ``check_fails`` makes the import question unanswerable."""
+
+    import_is_staged = True
+
+    def __init__(self, refuse: set[int] | None = None, check_fails: bool = False) -> None:
+        super().__init__([])
+        self.refuse = refuse or set()
+        self.check_fails = check_fails
+        self.checks: list[dict[str, str]] = []
+        self.record_of: dict[str, int] = {}
+
+    def load(self, lines: pd.DataFrame) -> BatchResult:
+        for record in lines.drop_duplicates("idempotency_key").itertuples():
+            self.record_of[record.idempotency_key] = int(record.record_id)
+        return super().load(lines)
+
+    def check_imports(self, accepted: dict[str, str]) -> list[RecordResult]:
+        self.requests_sent += 1
+        self.checks.append(dict(accepted))
+        if self.check_fails:
+            raise TransientError("the import errors could not be read")
+        return [
+            RecordResult(key, RecordStatus.REJECTED, reason=f"import refused {key[:6]}")
+            for key in accepted
+            if self.record_of.get(key) in self.refuse
+        ]
+
+
+def _next_run(previous: StagedTarget, **kwargs: Any) -> StagedTarget:
+    target = StagedTarget(**kwargs)
+    target.stored, target.record_of = previous.stored, previous.record_of
+    return target
+
+
+def test_a_staged_import_is_checked_once_per_run_and_a_refused_record_is_not_sent_again(
+    ledger: Ledger,
+) -> None:
+    clock = Clock()
+    lines = _lines(5)  # three requests of at most four lines
+    target = StagedTarget(refuse={2})
+    report = load_lines(target, lines, ledger=ledger, run_id=1, policy=NO_WAIT, clock=clock)
+    assert _statuses(report) == {"exported": 4, "failed": 1}
+    refused = next(o for o in report.outcomes if o["status"] == "failed")
+    assert refused["record_id"] == 2 and refused["reason"].startswith("import refused")
+    assert len(target.checks) == 1 and len(target.checks[0]) == 5
+    assert report.requests == 3 + 1
+    assert _ledger_states() == {"exported": 4, "refused": 1}  # held at the target
+
+    # The next run extracts the refused record again: it is looked up and asked about, never
+    # sent a second time.
+    clock.advance(60)
+    again = _next_run(target, refuse={2})
+    retry = lines[lines["record_id"] == 2]
+    report = load_lines(again, retry, ledger=ledger, run_id=2, policy=NO_WAIT, clock=clock)
+    assert [(o["record_id"], o["status"]) for o in report.outcomes] == [(2, "failed")]
+    assert again.lookups == 1 and len(again.checks) == 1
+    assert len(target.stored) == 5
+
+    # Fixed at the target: the next run confirms it.
+    clock.advance(60)
+    fixed = _next_run(target)
+    report = load_lines(fixed, retry, ledger=ledger, run_id=3, policy=NO_WAIT, clock=clock)
+    assert [(o["record_id"], o["status"]) for o in report.outcomes] == [(2, "exported")]
+    assert len(target.stored) == 5 and _ledger_states() == {"exported": 5}
+
+
+def test_an_import_that_cannot_be_checked_waits_to_be_confirmed(ledger: Ledger) -> None:
+    clock = Clock()
+    lines = _lines(2)
+    target = StagedTarget(check_fails=True)
+    report = load_lines(target, lines, ledger=ledger, run_id=1, policy=NO_WAIT, clock=clock)
+    assert _statuses(report) == {"waiting": 2}
+    assert "its import could not be checked" in report.outcomes[0]["reason"]
+    assert _ledger_states() == {"pending": 2}
+
+    clock.advance(60)
+    later = _next_run(target)
+    report = load_lines(later, lines, ledger=ledger, run_id=2, policy=NO_WAIT, clock=clock)
+    assert _statuses(report) == {"exported": 2}
+    assert later.lookups == 1 and len(target.stored) == 2
+    assert _ledger_states() == {"exported": 2}

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
+from xml.etree import ElementTree
 
 import httpx
 import pytest
@@ -372,6 +373,57 @@ def test_employee_lines_are_created_but_not_listed(api: httpx.Client, made: Prov
     assert found == [{"id": listed[0]["id"], "externalDocumentNumber": "IH1"}]
 
 
+# -- $metadata ----------------------------------------------------------------------------------
+EDM = "{http://docs.oasis-open.org/odata/ns/edm}"
+
+
+def _journal_line_type(api: httpx.Client) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """The journalLine properties (name -> attributes) and the accountType enum's member
+    names, read from ``$metadata`` with the standard library alone."""
+    response = api.get("/$metadata")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/xml")
+    root = ElementTree.fromstring(response.content)
+    entity = next(e for e in root.iter(f"{EDM}EntityType") if e.get("Name") == "journalLine")
+    properties = {p.get("Name", ""): dict(p.attrib) for p in entity.iter(f"{EDM}Property")}
+    enum = next(root.iter(f"{EDM}EnumType"))
+    return properties, [m.get("Name", "") for m in enum.iter(f"{EDM}Member")]
+
+
+def test_metadata_describes_the_journal_line_microsoft_documents(
+    api: httpx.Client, made: Provisioned
+) -> None:
+    properties, members = _journal_line_type(api)
+    assert properties["externalDocumentNumber"] == {
+        "Name": "externalDocumentNumber",
+        "Type": "Edm.String",
+        "MaxLength": "35",
+    }
+    assert properties["postingDate"]["Type"] == "Edm.Date"
+    assert properties["accountType"]["Type"] == "Microsoft.NAV.genJournalAccountType"
+    assert {"journalId", "taxCode", "balancingAccountNumber"} <= set(properties)  # v2.0 only
+    assert members[0] == "G_x002F_L_x0020_Account" and "Employee" in members
+
+
+def test_a_changed_schema_is_described_and_enforced(api: httpx.Client, made: Provisioned) -> None:
+    made.tenant.change_schema(
+        drop=["externalDocumentNumber"], types={"amount": "Edm.String"}, drop_members=["Employee"]
+    )
+    properties, members = _journal_line_type(api)
+    assert "externalDocumentNumber" not in properties and "Employee" not in members
+    assert properties["amount"]["Type"] == "Edm.String"
+    refused = post_json(api, lines_path(made), line("k"))
+    assert "'externalDocumentNumber' does not exist" in refused.json()["error"]["message"]
+    body = {k: v for k, v in line("k").items() if k != "externalDocumentNumber"}
+    assert "Edm.String" in post_json(api, lines_path(made), body).json()["error"]["message"]
+    body["amount"] = "250.00"
+    assert post_json(api, lines_path(made), body).status_code == 201
+    employee = {**body, "accountType": "Employee", "accountNumber": "1001"}
+    assert "is not an option" in post_json(api, lines_path(made), employee).text
+    made.tenant.change_schema()  # back to the default
+    assert "externalDocumentNumber" in _journal_line_type(api)[0]
+
+
 # -- $batch -------------------------------------------------------------------------------------
 def test_batch_creates_every_line_and_answers_per_operation(
     api: httpx.Client, made: Provisioned
@@ -416,6 +468,21 @@ def test_snapshot_isolation_rolls_the_whole_batch_back(
     assert made.company.journal_lines() == []
 
 
+def test_batch_answers_carry_the_ids_microsofts_example_shows(
+    api: httpx.Client, made: Provisioned
+) -> None:
+    """Named ids are echoed; an operation without one is answered ``"id": null`` (Microsoft's
+    transactional batch example sends none); a tenant can answer null throughout."""
+    payload = batch(made, claim("a") + claim("b"))
+    del payload["requests"][1]["id"]
+    answers = post_json(api, "/$batch", payload, Isolation="snapshot").json()["responses"]
+    assert [a["id"] for a in answers] == ["1", None, "3", "4"]
+    assert answers[0]["headers"]["odata-version"] == "4.0"
+    made.tenant.null_batch_ids = True
+    answers = post_json(api, "/$batch", batch(made, claim("c"))).json()["responses"]
+    assert [(a["id"], a["status"]) for a in answers] == [(None, 201), (None, 201)]
+
+
 def test_atomicity_groups_are_not_supported(api: httpx.Client, made: Provisioned) -> None:
     payload = batch(made, claim("a"))
     payload["requests"][0]["atomicityGroup"] = "g1"
@@ -435,6 +502,33 @@ def test_posting_turns_lines_into_gl_entries(api: httpx.Client, made: Provisione
         ("7140", Decimal("250.00"), Decimal("0.00")),
         ("2910", Decimal("0.00"), Decimal("250.00")),  # the employee's payables account
     ]
+
+
+def test_a_posting_no_series_renumbers_and_descriptions_still_find_the_entries(
+    api: httpx.Client, made: Provisioned
+) -> None:
+    journal = made.company.add_journal("RENUMBER", posting_no_series="gjp")
+    assert "posting" not in json.dumps(journal).lower()  # the API cannot show it
+    bodies = claim("ih-a") + claim("ih-b")
+    payload = batch(SimpleNamespace(company_id=made.company_id, journal_id=journal["id"]), bodies)
+    post_json(api, "/$batch", payload, Isolation="snapshot")
+    made.company.post_journal(journal["id"])
+    entries = made.company.gl_entries
+    assert [e["documentNumber"] for e in entries] == ["GJP00001"] * 2 + ["GJP00002"] * 2
+    url = f"{company_path(made)}/generalLedgerEntries"
+    by_number = api.get(url, params={"$filter": "documentNumber eq 'IH-A'"}).json()["value"]
+    assert by_number == []
+    flt = "endswith(description,'ih-b') or endswith(description, 'nothing')"
+    found = api.get(url, params={"$filter": flt, "$select": "entryNumber,description"})
+    assert [e["entryNumber"] for e in found.json()["value"]] == [3, 4]
+
+
+def test_or_joins_filters_on_one_field_only(api: httpx.Client, made: Provisioned) -> None:
+    """Microsoft's filter page: "you can't use OR operators to apply filters on two different
+    fields"."""
+    flt = "documentNumber eq 'A' or endswith(description,'A')"
+    response = api.get(f"{company_path(made)}/generalLedgerEntries", params={"$filter": flt})
+    assert response.status_code == 400 and "same field" in response.json()["error"]["message"]
 
 
 def test_an_unbalanced_journal_is_not_posted(api: httpx.Client, made: Provisioned) -> None:
@@ -520,6 +614,11 @@ def test_control_endpoints() -> None:
         faults = control.post(f"/tenants/{tenant}/faults", json={"fail_5xx": 1})
         assert faults.status_code == 200 and faults.json()["fail_5xx"] == 1
         assert control.post(f"/tenants/{tenant}/faults", json={"boom": 1}).status_code == 400
+        options = {"null_batch_ids": True, "schema": {"drop": ["comment"]}}
+        changed = control.post(f"/tenants/{tenant}/options", json=options).json()
+        assert changed["null_batch_ids"] is True and "comment" not in changed["properties"]
+        bad = {"schema": {"drop": ["nope"]}}
+        assert control.post(f"/tenants/{tenant}/options", json=bad).status_code == 400
         assert control.post("/tenants/unknown/faults", json={}).status_code == 404
 
         form = {

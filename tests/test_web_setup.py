@@ -375,6 +375,26 @@ def test_a_failed_connection_test_says_why_and_does_not_complete_the_step(web: A
     assert "Xledger refused the API token" in again.text
 
 
+def test_the_test_step_shows_where_the_targets_schema_differs_before_saving(web: Any) -> None:
+    """The credentials work, so the step passes; the drift is shown as a warning, in bokmål,
+    and the script's template has a place for the API's warnings too."""
+    from integration_hub.sandbox.xledger_schema import SchemaChanges
+
+    client = web.client(ADMIN_A)
+    token = web.xledger_company(ORG_A, schema_changes=SchemaChanges(drop=("trRegNumber",)))
+    save_credentials(web, client, token)
+    tested = client.post(f"{XL}/setup/test", data={"csrf_token": web.csrf(client)})
+    assert tested.status_code == 200
+    shown = tested.text.split("<template")[0]
+    assert '<div class="notice warning">' in shown
+    assert "Skjemaet til Xledger avviker fra det huben sender" in shown
+    assert "Xledger har ikke AddGLImportItemsInput.node.trRegNumber, som huben sender" in shown
+    assert 'name="action" value="continue"' in shown  # a warning, not a failed test
+    assert 'data-slot="warnings"' in tested.text
+    script = (TEMPLATES.parent / "static" / "app.js").read_text(encoding="utf-8")
+    assert "answer.warnings" in script
+
+
 def test_the_page_hands_the_script_what_the_connection_test_api_needs(web: Any) -> None:
     """The script calls the API with the token from the page; the answer has what it reads."""
     client = web.client(ADMIN_A)

@@ -3,9 +3,11 @@
 An integration type is one class: it declares its key, its typed configuration (secret fields
 are ``SecretStr``: that one flag decides what goes to the vault, what is masked and what is
 redacted), the target fields a mapping can fill, and four operations: ``check_connection``,
-``reference_codes``, ``load`` and ``lookup``. The generic load engine in
-:mod:`integration_hub.tasks.load` drives ``load``/``lookup`` and keeps the export ledger, so an
-adapter only speaks its target's protocol.
+``reference_codes``, ``load`` and ``lookup``; two more have defaults: ``check_schema`` (what the
+target's own schema says about what we send) and ``check_imports`` (for a target that imports
+what it accepted later, such as Xledger). The generic load engine in
+:mod:`integration_hub.tasks.load` drives ``load``/``lookup``/``check_imports`` and keeps the export
+ledger, so an adapter only speaks its target's protocol.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -78,6 +80,9 @@ class ConnectionResult:
     status: ConnectionStatus
     detail: str
     elapsed_ms: int = 0
+    warnings: tuple[str, ...] = ()
+    """What the target's own schema says differs from what the hub sends (see
+    :meth:`Adapter.check_schema`), for a person to read before saving; never a failure."""
 
     @property
     def ok(self) -> bool:
@@ -103,6 +108,67 @@ class TargetField:
     required: bool = True
     reference: bool = False
     help: str = ""
+
+
+@dataclass(frozen=True)
+class SchemaDrift:
+    """One difference between what an adapter sends and what the target's schema declares.
+
+    ``error``: a request as we build it would be refused or misread (a field we send that the
+    target lacks, a changed type, a required field we do not send): exports stop until it is
+    fixed. ``warning``: it may still work (e.g. a value we send is not among an enum's values).
+    """
+
+    severity: Literal["error", "warning"]
+    field: str
+    """Where, e.g. ``AddGLImportItemsInput.node.trRegNumber``."""
+    message: str
+    """What differs and what to do, for an admin."""
+
+    # One wording per kind of drift, shared by every adapter (and translated by its shape).
+    @classmethod
+    def missing(cls, target: str, field: str) -> SchemaDrift:
+        return cls("error", field, f"{target} does not have {field}, which the hub sends; {_STOP}")
+
+    @classmethod
+    def changed(cls, target: str, field: str, expected: str, sent: str) -> SchemaDrift:
+        return cls(
+            "error",
+            field,
+            f"{target} expects {expected} for {field}, which the hub sends as {sent}; {_STOP}",
+        )
+
+    @classmethod
+    def required(cls, target: str, field: str) -> SchemaDrift:
+        return cls(
+            "error", field, f"{target} requires {field}, which the hub does not send; {_STOP}"
+        )
+
+    @classmethod
+    def refused(cls, target: str, request: str, reason: str) -> SchemaDrift:
+        return cls(
+            "error",
+            request,
+            f"{target} refused the hub's {request} request: {reason}; {_STOP}",
+        )
+
+    @classmethod
+    def unknown_value(cls, target: str, field: str, values: str, value: str | None) -> SchemaDrift:
+        """``value`` None: the value comes from the field mapping, record by record."""
+        if value is None:
+            message = (
+                f"{target} accepts only {values} for {field}, and the hub sends what the field "
+                "mapping gives; check that the mapping gives only these values"
+            )
+        else:
+            message = (
+                f"{target} accepts only {values} for {field}, and the hub sends {value}; "
+                "check the integration's settings"
+            )
+        return cls("warning", field, message)
+
+
+_STOP = "exports stop until the hub is updated for it (tell the hub's operators)"
 
 
 class RecordStatus(StrEnum):
@@ -211,6 +277,20 @@ def classify_transport_error(exc: httpx.TransportError, *, write: bool) -> Answe
     return Answer.UNKNOWN
 
 
+def _cleaned_results(adapter: Adapter, items: list[Any]) -> list[Any]:
+    """Record reasons and schema drift pass :meth:`Adapter.clean`; anything else is kept."""
+    cleaned: list[Any] = []
+    for item in items:
+        if isinstance(item, RecordResult) and item.reason:
+            item = replace(item, reason=adapter.clean(item.reason))
+        elif isinstance(item, SchemaDrift):
+            item = replace(
+                item, field=adapter.clean(item.field), message=adapter.clean(item.message)
+            )
+        cleaned.append(item)
+    return cleaned
+
+
 def _cleaning(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def cleaned(self: Adapter, *args: Any, **kwargs: Any) -> Any:
@@ -220,9 +300,9 @@ def _cleaning(method: Callable[..., Any]) -> Callable[..., Any]:
             exc.args = (self.clean(str(exc)),)
             raise
         if isinstance(result, BatchResult):
-            result.results = [
-                replace(r, reason=self.clean(r.reason)) if r.reason else r for r in result.results
-            ]
+            result.results = _cleaned_results(self, result.results)
+        elif isinstance(result, list):
+            result = _cleaned_results(self, result)
         return result
 
     cleaned._cleans = True  # type: ignore[attr-defined]
@@ -254,6 +334,11 @@ class Adapter(ABC):
     )
     """The data categories an organisation may opt out of (default: the claim categories,
     :class:`integration_hub.models.ClaimCategory`)."""
+
+    import_is_staged: ClassVar[bool] = False
+    """True when the target answers a write before it has checked and booked it (Xledger's GL
+    import). The load engine then confirms accepted records only after :meth:`check_imports`
+    said none of them failed, once per run."""
 
     vendor_hosts: ClassVar[tuple[str, ...]] = ()
     """The service's own hosts: endpoints may point there over https without an operator's
@@ -321,23 +406,29 @@ class Adapter(ABC):
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Every adapter's ``load``, ``lookup`` and ``reference_codes`` pass :meth:`clean` at
-        the boundary, once: an error message or a record's reason may echo a header (the
-        token) or anything else the far end chose to say."""
+        """Every adapter's ``load``, ``lookup``, ``reference_codes``, ``check_imports`` and
+        ``check_schema`` pass :meth:`clean` at the boundary, once: an error message, a record's
+        reason or a schema's field name may echo a header (the token) or anything else the far
+        end chose to say."""
         super().__init_subclass__(**kwargs)
-        for name in ("load", "lookup", "reference_codes"):
+        for name in ("load", "lookup", "reference_codes", "check_imports", "check_schema"):
             method = cls.__dict__.get(name)
             if method is not None and not getattr(method, "_cleans", False):
                 setattr(cls, name, _cleaning(method))
 
     @final
     def check_connection(self, deadline_s: float = CONNECTION_TEST_DEADLINE_S) -> ConnectionResult:
-        """Probe the target; always answers within ``deadline_s`` with a classified result."""
+        """Probe the target and, when that works, compare its schema with what we send
+        (:meth:`check_schema`, shown as warnings); always answers within ``deadline_s``."""
         started = time.monotonic()
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         future = pool.submit(self._probe_classified, deadline_s)
+        warnings: tuple[str, ...] = ()
         try:
             result = future.result(timeout=deadline_s)
+            if result.ok:
+                left = deadline_s - (time.monotonic() - started)
+                warnings = self._schema_warnings(pool, left)
         except concurrent.futures.TimeoutError:
             result = ConnectionResult(
                 ConnectionStatus.TIMED_OUT,
@@ -346,7 +437,30 @@ class Adapter(ABC):
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
         elapsed = int((time.monotonic() - started) * 1000)
-        return ConnectionResult(result.status, self.clean(result.detail, 300), elapsed)
+        return ConnectionResult(
+            result.status,
+            self.clean(result.detail, 300),
+            elapsed,
+            tuple(self.clean(w, 300) for w in warnings),
+        )
+
+    def _schema_warnings(
+        self, pool: concurrent.futures.ThreadPoolExecutor, left_s: float
+    ) -> tuple[str, ...]:
+        """:meth:`check_schema` in what is left of the connection test's time. A check that
+        cannot run is itself a warning, never a failed test: the credentials work, and the
+        check runs again before every export."""
+        later = "the hub checks again before each export"
+        if left_s <= 0.2:
+            return (f"There was no time left to compare {self.display_name}'s schema; {later}",)
+        future = pool.submit(self.check_schema)
+        try:
+            drift = future.result(timeout=left_s)
+        except concurrent.futures.TimeoutError:
+            return (f"{self.display_name}'s schema could not be read in time; {later}",)
+        except Exception as exc:  # a check that breaks must not break the connection test
+            return (f"{self.display_name}'s schema could not be compared ({exc}); {later}",)
+        return tuple(d.message for d in drift)
 
     def _probe_classified(self, deadline_s: float) -> ConnectionResult:
         try:
@@ -386,3 +500,17 @@ class Adapter(ABC):
     @abstractmethod
     def lookup(self, keys: list[str]) -> dict[str, str]:
         """Which of these idempotency keys the target already has: key -> target reference."""
+
+    def check_imports(self, accepted: dict[str, str]) -> list[RecordResult]:
+        """Of records the target accepted or holds (key -> target reference, from ``load`` or
+        ``lookup``), those it refused to import, as rejected results with the target's reason.
+
+        Only called when :attr:`import_is_staged`; a target that checks everything before it
+        answers refuses nothing here."""
+        return []
+
+    def check_schema(self) -> list[SchemaDrift]:
+        """Compare what this adapter sends with the target's own schema (introspection,
+        ``$metadata``): fields we send that it lacks, changed types, required fields we do not
+        send, enum values it does not know. The default has nothing to compare."""
+        return []

@@ -1,20 +1,32 @@
 """Microsoft Dynamics 365 Business Central (API v2.0): OAuth2 client credentials, OData, $batch.
 
 Each expense claim becomes two journal lines in one general journal: the expense G/L account
-(debit) and the employee or vendor (or a configured balancing G/L account) credit. Both carry
-``externalDocumentNumber`` = the idempotency key, the claim's ``documentNumber`` and its
-``postingDate``. Lines go in through JSON ``$batch`` requests of at most 100 operations, sent
-with ``Isolation: snapshot`` so one batch is one transaction: a failing line rolls the whole
-batch back, the claim it belongs to is rejected with Business Central's reason, and the rest are
-sent again without it. (``atomicityGroup`` is not documented for Business Central; snapshot
-isolation is.) So half a claim is never left in the journal.
+(debit) and a credit to the volunteer. The mapping picks how the credit balances
+(``payable_account_type``): against the volunteer as an employee (the default) or a vendor, or,
+never touching employee or vendor lines, against a G/L payable account (``gl`` with
+``payable_account``), the volunteer's number (``counterparty``) then opening the credit line's
+description. Both lines carry ``externalDocumentNumber`` = the idempotency key, the claim's
+``documentNumber``, its ``postingDate`` and a description that ends with the claim's
+reconciliation tag (:func:`document_number_for`). Lines go in through JSON ``$batch`` requests of
+at most 100 operations, sent with ``Isolation: snapshot`` so one batch is one transaction: a
+failing line rolls the whole batch back, the claim it belongs to is rejected with Business
+Central's reason, and the rest are sent again without it. (``atomicityGroup`` is not documented
+for Business Central; snapshot isolation is.) So half a claim is never left in the journal.
+Answers are matched to operations by ``id``, and by position where Business Central answers
+``"id": null`` (as Microsoft's transactional batch example shows).
 
 Reconciliation, from the specs: the ``journalLines`` page only shows lines whose account type is
-G/L Account..Bank Account, so an employee line cannot be read back; the G/L (expense) side can.
-Once the journal is posted the lines are gone and only ``generalLedgerEntries`` remain, which
-carry no external document number. That is why a claim's ``documentNumber`` defaults to the
-first 20 characters of its idempotency key (see :func:`document_number_for`): a posted claim is
-then found by ``documentNumber``.
+G/L Account..Bank Account, so an employee or vendor line cannot be read back; the G/L (expense)
+side can, by ``externalDocumentNumber``. Once the journal is posted the lines are gone and only
+``generalLedgerEntries`` remain, whose v2.0 resource has ``documentNumber`` and ``description``
+but no external document number. A posted claim is looked for by ``documentNumber`` (the tag, by
+default) and then by a description ending with the tag, which a batch's Posting No. Series
+(which renumbers documents) or a mapped document number does not change.
+
+Tokens: :class:`EntraClientCredentials` is the ``httpx.Auth`` of every request; it caches the
+access token in a :class:`TokenCache` and asks Entra ID again, once, when Business Central
+answers 401. ``check_schema`` reads ``$metadata`` and compares the ``journalLine`` entity type
+with :data:`SENT_PROPERTIES`, the properties :meth:`DynamicsAdapter._line_body` writes.
 """
 
 from __future__ import annotations
@@ -24,12 +36,13 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
+from xml.etree import ElementTree
 
 import httpx
 from pydantic import SecretStr, field_validator, model_validator
@@ -46,6 +59,7 @@ from integration_hub.adapters.base import (
     RecordStatus,
     ReferenceCode,
     RunAbort,
+    SchemaDrift,
     TargetField,
     TransientError,
     classify_status,
@@ -63,19 +77,60 @@ API_SCOPE = "https://api.businesscentral.dynamics.com/.default"
 MAX_BATCH_OPERATIONS = 100
 LOOKUP_CHUNK = 20
 """Keys per ``$filter`` (``… eq '…' or …``): 20 keeps the URL under ~2,000 characters."""
+ACCOUNT_NUMBER_MAX = 20
 DOCUMENT_NUMBER_MAX = 20
 EXTERNAL_DOCUMENT_NUMBER_MAX = 35
 DESCRIPTION_MAX = 100
+TAG_LENGTH = DOCUMENT_NUMBER_MAX
+"""A claim's reconciliation tag (:func:`document_number_for`) ends every line description."""
+TEXT_MAX = DESCRIPTION_MAX - TAG_LENGTH - 1
+"""What is left of the description for the mapping's text: 79 characters."""
 TOKEN_MARGIN_S = 60.0
 """A cached token is renewed this long before it expires (at most a tenth of its lifetime)."""
 
 ACCOUNT_TYPES = {"gl": "G/L Account", "employee": "Employee", "vendor": "Vendor"}
+BALANCING_MODES = {
+    "employee": "the claim is owed to the volunteer as an employee (the default)",
+    "vendor": "as a vendor",
+    "gl": "to the G/L payable account in payable_account, never an employee or vendor line, "
+    "with the volunteer's number opening the credit line's description",
+}
+"""The mapping's ``payable_account_type``: what a claim's credit line is posted to."""
+
+
+@dataclass(frozen=True)
+class SentProperty:
+    """A journalLine property the adapter writes: the OData types that take our JSON value
+    (``"enum"``: any enum type of the service) and the longest value we send."""
+
+    types: tuple[str, ...]
+    max_length: int | None = None
+
+
+SENT_PROPERTIES: dict[str, SentProperty] = {
+    "accountType": SentProperty(("enum", "Edm.String")),
+    "accountNumber": SentProperty(("Edm.String",), ACCOUNT_NUMBER_MAX),
+    "postingDate": SentProperty(("Edm.Date",)),
+    "documentNumber": SentProperty(("Edm.String",), DOCUMENT_NUMBER_MAX),
+    "externalDocumentNumber": SentProperty(("Edm.String",), EXTERNAL_DOCUMENT_NUMBER_MAX),
+    "amount": SentProperty(("Edm.Decimal",)),
+    "description": SentProperty(("Edm.String",), DESCRIPTION_MAX),
+}
+"""Every property :meth:`DynamicsAdapter._line_body` sends (a test keeps the two equal), for
+the schema check against ``$metadata``."""
+LINE_ENTITY = "journalLine"
+TARGET = "Business Central"
+"""How schema drift names the target (the wording is :class:`SchemaDrift`'s, shared)."""
+EDM_NAMESPACES = ("http://docs.oasis-open.org/odata/ns/edm",)
+"""CSDL v4, what Business Central's API ``$metadata`` is written in."""
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,254}$")
 _ENVIRONMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,29}$")
 _AADSTS = re.compile(r"AADSTS(\d+)")
 _CORRELATION = re.compile(r"\s*CorrelationId:\s*[0-9a-fA-F-]+\.?\s*$")
+_XML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+_DOCTYPE = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 
 RECORD_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
@@ -117,31 +172,56 @@ def _check_guid(value: str) -> str:
     return value.lower()
 
 
+def _optional_guid(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    return _check_guid(value)
+
+
 def document_number_for(key: str) -> str:
-    """The default ``documentNumber`` of a claim: its idempotency key cut to Business Central's
-    20 characters, in capitals (a Code field). The hub's keys are ``IH`` + 30 hex digits, so 18
-    hex digits (72 bits) remain: unique in practice, and findable in posted G/L entries."""
+    """A claim's reconciliation tag: its idempotency key cut to Business Central's 20-character
+    document number, in capitals (a Code field). It is the default ``documentNumber`` and ends
+    every line's description, so a posted claim is found by either. The hub's keys are ``IH`` +
+    30 hex digits, so 18 hex digits (72 bits) remain: unique in practice."""
     return key[:DOCUMENT_NUMBER_MAX].upper()
 
 
 class DynamicsConfig(IntegrationConfig):
     """One Business Central company reached by an Entra ID app registration (client
     credentials). ``base_url``/``token_url`` are overridable so tests and the demo point both
-    at the sandbox."""
+    at the sandbox.
+
+    The company and the journal may be left out at first: once the credentials work, the admin
+    picks them from lists (:meth:`DynamicsAdapter.companies`, :meth:`DynamicsAdapter.journals`)
+    instead of pasting GUIDs; until then the connection test lists what there is to choose."""
 
     tenant_id: str
     client_id: str
     client_secret: SecretStr
     environment: str = "production"
-    company_id: str
+    company_id: str | None = None
     journal_id: str | None = None
     """The general journal (batch) the lines go into, by id; or give ``journal_code``."""
     journal_code: str | None = None
-    balancing_account_number: str | None = None
-    """When set, every claim is credited to this G/L account instead of the employee or vendor
-    the mapping names (for companies that keep no volunteers as employees or vendors)."""
     base_url: EndpointUrl = "https://api.businesscentral.dynamics.com"
     token_url: EndpointUrl = "https://login.microsoftonline.com"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_balancing_setting(cls, data: Any) -> Any:
+        """``balancing_account_number`` was a setting that overrode the mapping's credit line;
+        the G/L balancing mode now lives in the mapping alone (``payable_account_type: gl``).
+        Stored settings carry it as null, which is dropped; a value is refused with the move."""
+        if isinstance(data, dict) and "balancing_account_number" in data:
+            data = dict(data)
+            legacy = data.pop("balancing_account_number")
+            if legacy not in (None, ""):
+                raise ValueError(
+                    "balancing_account_number is no longer a setting: choose the G/L balancing "
+                    f"mode in the field mapping (payable_account_type gl, payable_account "
+                    f"{legacy})"
+                )
+        return data
 
     @field_validator("tenant_id")
     @classmethod
@@ -151,17 +231,15 @@ class DynamicsConfig(IntegrationConfig):
             raise ValueError("a tenant id is a GUID or a domain such as contoso.onmicrosoft.com")
         return value
 
-    @field_validator("client_id", "company_id")
+    @field_validator("client_id")
     @classmethod
     def _guid(cls, value: str) -> str:
         return _check_guid(value)
 
-    @field_validator("journal_id")
+    @field_validator("company_id", "journal_id")
     @classmethod
-    def _journal_guid(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        return _check_guid(value)
+    def _optional_guids(cls, value: str | None) -> str | None:
+        return _optional_guid(value)
 
     @field_validator("environment")
     @classmethod
@@ -171,49 +249,253 @@ class DynamicsConfig(IntegrationConfig):
             raise ValueError("an environment name has letters, digits, - and _ (at most 30)")
         return value
 
-    @field_validator("journal_code", "balancing_account_number")
+    @field_validator("journal_code")
     @classmethod
     def _code(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
         value = value.strip().upper()  # Business Central Code fields are upper case
-        if len(value) > 20:
-            raise ValueError("at most 20 characters")
+        if len(value) > 10:
+            raise ValueError("a journal code has at most 10 characters")
         return value
 
     @model_validator(mode="after")
-    def _one_journal(self) -> DynamicsConfig:
-        if self.journal_id is None and self.journal_code is None:
-            raise ValueError("give journal_id or journal_code")
-        if self.journal_code is not None and len(self.journal_code) > 10:
-            raise ValueError("a journal code has at most 10 characters")
+    def _journal_of_a_company(self) -> DynamicsConfig:
+        if self.company_id is None and (self.journal_id or self.journal_code):
+            raise ValueError("choose the company before the journal")
         return self
 
 
+# -- tokens -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Token:
     value: str
     expires_at: float  # time.monotonic()
 
 
-_TOKEN_LOCK = threading.Lock()
-_TOKENS: dict[str, _Token] = {}
-"""Access tokens by a hash of (token URL, tenant, client, secret): shared by the adapters of
-one process (each task builds its own adapter), memory only, never logged."""
+class TokenCache:
+    """Access tokens by key (:attr:`EntraClientCredentials.key`), in memory only, until
+    shortly before they expire.
+
+    One instance, :data:`TOKENS`, is shared by the adapters of a process: each Prefect task
+    builds its own adapter, and a token per task would cost Entra ID a request each. Tests
+    empty it with :meth:`clear`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tokens: dict[str, _Token] = {}
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            token = self._tokens.get(key)
+        if token is None or token.expires_at <= time.monotonic():
+            return None
+        return token.value
+
+    def put(self, key: str, value: str, lifetime_s: float) -> None:
+        margin = min(TOKEN_MARGIN_S, lifetime_s / 10)
+        with self._lock:
+            self._tokens[key] = _Token(value, time.monotonic() + lifetime_s - margin)
+
+    def forget(self, key: str, value: str | None = None) -> None:
+        """Drop the token of ``key`` (only if it is still ``value``, when given: another
+        thread may have stored a fresh one meanwhile)."""
+        with self._lock:
+            token = self._tokens.get(key)
+            if token is not None and value in (None, token.value):
+                del self._tokens[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tokens.clear()
 
 
-def clear_token_cache() -> None:
-    with _TOKEN_LOCK:
-        _TOKENS.clear()
+TOKENS = TokenCache()
+"""The process's token cache (see :class:`TokenCache`)."""
 
 
-class _TokenRefused(Exception):
+class TokenRefused(Exception):
     """The token endpoint answered but gave no token; ``detail`` is safe to show."""
 
-    def __init__(self, status: ConnectionStatus, detail: str) -> None:
+    def __init__(
+        self,
+        status: ConnectionStatus,
+        detail: str,
+        *,
+        transient: bool = False,
+        wait: float | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.transient = transient
+        """Asking again later may work (throttled, or Entra ID failed)."""
+        self.retry_after = wait
+
+
+class EntraClientCredentials(httpx.Auth):
+    """OAuth2 client credentials against Microsoft Entra ID, as the ``httpx.Auth`` of every
+    Business Central request.
+
+    A request gets the cached token, or one fetched first (the token request goes through the
+    same client, so the same endpoint guard and timeouts apply). A 401 means Business Central
+    refused the token before doing anything: a cached token is dropped, a new one fetched and
+    the request sent once more; a token fetched for this very request is not fetched again.
+    A refusal by the token endpoint raises :class:`TokenRefused`.
+
+    Tokens are cached per (token URL, tenant, client, SHA-256 of the secret, scope), so a changed
+    secret never reuses the old secret's token."""
+
+    def __init__(
+        self,
+        token_endpoint: str,
+        *,
+        tenant_id: str,
+        client_id: str,
+        client_secret: SecretStr,
+        scope: str = API_SCOPE,
+        cache: TokenCache = TOKENS,
+    ) -> None:
+        self.token_endpoint = token_endpoint
+        self.tenant_id = tenant_id
+        self.client_id = client_id
+        self._secret = client_secret
+        self.scope = scope
+        self.cache = cache
+        self.last_token: str | None = None
+        """The token last used (the adapter redacts it from anything it reports)."""
+        secret_hash = hashlib.sha256(client_secret.get_secret_value().encode()).hexdigest()
+        material = "\x00".join([token_endpoint, tenant_id, client_id, secret_hash, scope])
+        self.key = hashlib.sha256(material.encode()).hexdigest()
+
+    def forget(self) -> None:
+        """Drop the cached token: the next request fetches a new one (a connection test wants
+        proof that the secret works now, not an hour ago)."""
+        self.cache.forget(self.key)
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        # Overridden (not auth_flow) to read only the token endpoint's body, never an API
+        # answer's: a write's body is read, and classified, by the adapter.
+        token = self.cache.get(self.key)
+        fetched = token is None
+        if token is None:
+            token = yield from self._fetch(request)
+        response = yield self._signed(request, token)
+        if response.status_code != 401 or fetched:
+            return
+        self.cache.forget(self.key, token)
+        token = yield from self._fetch(request)
+        yield self._signed(request, token)
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        raise NotImplementedError("the hub's adapters use synchronous clients")
+        yield request  # unreachable: makes this the async generator httpx expects
+
+    def _signed(self, request: httpx.Request, token: str) -> httpx.Request:
+        request.headers["Authorization"] = f"Bearer {token}"
+        self.last_token = token
+        return request
+
+    def _fetch(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, str]:
+        token_request = httpx.Request(
+            "POST",
+            self.token_endpoint,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self._secret.get_secret_value(),
+                "scope": self.scope,
+            },
+            headers={"Accept": "application/json"},
+            # The API request's timeout, so a connection test's deadline covers the token too.
+            extensions={"timeout": request.extensions.get("timeout", {})},
+        )
+        response = yield token_request
+        response.read()
+        if response.status_code != 200:
+            raise self.refusal(response)
+        return self._accept(response)
+
+    def _accept(self, response: httpx.Response) -> str:
+        """Cache the token of a 200 answer until shortly before ``expires_in``."""
+        try:
+            body = response.json()
+            token = body["access_token"]
+            lifetime = float(body.get("expires_in", 3599))
+        except (ValueError, KeyError, TypeError):
+            raise TokenRefused(
+                ConnectionStatus.UNEXPECTED_RESPONSE,
+                "the token endpoint answered without an access token (is token_url right?)",
+            ) from None
+        if not isinstance(token, str) or not token:
+            raise TokenRefused(
+                ConnectionStatus.UNEXPECTED_RESPONSE,
+                "the token endpoint gave an empty token",
+            )
+        self.cache.put(self.key, token, lifetime)
+        self.last_token = token
+        return token
+
+    def refusal(self, response: httpx.Response) -> TokenRefused:
+        """Classify a token endpoint answer other than 200; never echoes what was sent."""
+        status = response.status_code
+        wait = _retry_after(response.headers)
+        if status == 429:
+            hint = f"; it asks to wait {wait:.0f} s" if wait else ""
+            return TokenRefused(
+                ConnectionStatus.THROTTLED,
+                f"Microsoft Entra ID is throttling{hint}",
+                transient=True,
+                wait=wait,
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        error = str(body.get("error") or "")
+        codes = {int(c) for c in body.get("error_codes") or [] if isinstance(c, int)}
+        codes |= {int(c) for c in _AADSTS.findall(str(body.get("error_description") or ""))}
+        tenant, client = self.tenant_id, self.client_id
+        bad = ConnectionStatus.BAD_CREDENTIALS
+        if status in (400, 401):
+            if 90002 in codes or error == "invalid_tenant":
+                detail = f"tenant {tenant} was not found in Microsoft Entra ID; check the tenant id"
+                return TokenRefused(bad, detail)
+            if 700016 in codes or error == "unauthorized_client":
+                detail = (
+                    f"Microsoft Entra ID does not know the application (client id {client}) in "
+                    f"tenant {tenant}; check the client id and tenant id"
+                )
+                return TokenRefused(bad, detail)
+            if error == "invalid_client" or codes & {7000215, 7000222}:
+                detail = (
+                    f"Microsoft Entra ID refused the client secret of application {client} "
+                    "(wrong or expired); enter a valid secret"
+                )
+                return TokenRefused(bad, detail)
+        shown = error or f"HTTP {status}"
+        return TokenRefused(
+            ConnectionStatus.UNEXPECTED_RESPONSE,
+            f"Microsoft Entra ID refused the token request ({shown})",
+            transient=status >= 500,
+            wait=wait,
+        )
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A company or journal an admin picks from a list instead of pasting its GUID."""
+
+    id: str
+    name: str
+    code: str = ""
+    note: str = ""
+    """Why it cannot be used as it is ("" when it can)."""
 
 
 @register
@@ -224,7 +506,7 @@ class DynamicsAdapter(Adapter):
     record_type = "expense_claim"
     default_mapping = "dynamics_expense_claims.yaml"
     max_lines_per_request = MAX_BATCH_OPERATIONS
-    text_max_length = DESCRIPTION_MAX
+    text_max_length = TEXT_MAX
     vendor_hosts = ("api.businesscentral.dynamics.com", "login.microsoftonline.com")
     """Microsoft's API and Entra ID token hosts (``../shared/specs/dynamics-bc/``)."""
     target_fields = (
@@ -236,22 +518,23 @@ class DynamicsAdapter(Adapter):
         ),
         TargetField(
             "payable_account_type",
-            "Credit to (employee, vendor or gl)",
-            help="employee: the claim is owed to the volunteer as an employee (the default); "
-            "vendor: as a vendor; gl: to the G/L account in payable_account",
+            "Balancing mode: credit to employee, vendor or gl",
+            help="; ".join(f"{mode}: {what}" for mode, what in BALANCING_MODES.items()),
         ),
         TargetField(
             "counterparty",
             "Employee or vendor number",
-            help="The volunteer's number in Business Central; it is the credit line's account "
-            "when crediting an employee or vendor",
+            help="The volunteer's number in Business Central: the credit line's account when "
+            "crediting an employee or vendor; in the gl mode it names the volunteer in the "
+            "credit line's description",
         ),
         TargetField(
             "payable_account",
             "Payable G/L account (credit)",
             required=False,
             reference=True,
-            help="Only when crediting a G/L account (payable_account_type gl)",
+            help="Only in the gl balancing mode (payable_account_type gl): the G/L account "
+            "every claim is credited to",
         ),
         TargetField("posting_date", "Posting date"),
         TargetField(
@@ -259,10 +542,15 @@ class DynamicsAdapter(Adapter):
             "Document number",
             required=False,
             help="At most 20 characters. Leave unmapped (recommended): the hub then uses the "
-            "first 20 characters of the claim's idempotency key, which lets it find the claim "
-            "even after the journal has been posted",
+            "claim's reconciliation tag (the first 20 characters of its idempotency key). The "
+            "journal batch must then have no No. Series, or one that allows manual numbers",
         ),
-        TargetField("text", "Line description (at most 100 characters)"),
+        TargetField(
+            "text",
+            f"Line description (at most {TEXT_MAX} characters)",
+            help="The hub adds the claim's reconciliation tag at the end (Business Central "
+            f"allows {DESCRIPTION_MAX} characters)",
+        ),
     )
 
     config: DynamicsConfig
@@ -274,8 +562,13 @@ class DynamicsAdapter(Adapter):
         self.token_requests = 0
         """Requests to the token endpoint: Entra ID, not Business Central, so not metered in
         ``requests_sent``."""
+        self.auth = EntraClientCredentials(
+            self.token_endpoint,
+            tenant_id=self.config.tenant_id,
+            client_id=self.config.client_id,
+            client_secret=self.config.client_secret,
+        )
         self._journal_id: str | None = self.config.journal_id
-        self._last_token: str | None = None
 
     # -- addresses ------------------------------------------------------------------------
     @property
@@ -287,6 +580,11 @@ class DynamicsAdapter(Adapter):
 
     @property
     def company_path(self) -> str:
+        if self.config.company_id is None:
+            raise RunAbort(
+                "no Business Central company is chosen yet; pick one from the list of "
+                "companies (`integrations dynamics companies ORG`) and save it as company_id"
+            )
         return f"companies({self.config.company_id})"
 
     @property
@@ -300,132 +598,24 @@ class DynamicsAdapter(Adapter):
 
     def redact(self, text: str) -> str:
         """Scrub the client secret and the current access token."""
-        return redact(text, [*self.config.secret_values(), self._last_token])
-
-    # -- tokens ---------------------------------------------------------------------------
-    def _cache_key(self) -> str:
-        material = "\x00".join(
-            [
-                self.token_endpoint,
-                self.config.client_id,
-                self.config.client_secret.get_secret_value(),
-                API_SCOPE,
-            ]
-        )
-        return hashlib.sha256(material.encode()).hexdigest()
-
-    def _token_form(self) -> dict[str, str]:
-        return {
-            "grant_type": "client_credentials",
-            "client_id": self.config.client_id,
-            "client_secret": self.config.client_secret.get_secret_value(),
-            "scope": API_SCOPE,
-        }
-
-    def _remember_token(self, response: httpx.Response) -> str:
-        """Cache the token of a 200 answer until shortly before ``expires_in``."""
-        try:
-            body = response.json()
-            token = body["access_token"]
-            lifetime = float(body.get("expires_in", 3599))
-        except (ValueError, KeyError, TypeError):
-            raise _TokenRefused(
-                ConnectionStatus.UNEXPECTED_RESPONSE,
-                "the token endpoint answered without an access token (is token_url right?)",
-            ) from None
-        if not isinstance(token, str) or not token:
-            raise _TokenRefused(
-                ConnectionStatus.UNEXPECTED_RESPONSE, "the token endpoint gave an empty token"
-            )
-        margin = min(TOKEN_MARGIN_S, lifetime / 10)
-        with _TOKEN_LOCK:
-            _TOKENS[self._cache_key()] = _Token(token, time.monotonic() + lifetime - margin)
-        self._last_token = token
-        return token
-
-    def _refusal(self, response: httpx.Response) -> _TokenRefused:
-        """Classify a token endpoint answer other than 200; never echoes what was sent."""
-        status = response.status_code
-        if status == 429:
-            wait = _retry_after(response.headers)
-            hint = f"; it asks to wait {wait:.0f} s" if wait else ""
-            return _TokenRefused(
-                ConnectionStatus.THROTTLED, f"Microsoft Entra ID is throttling{hint}"
-            )
-        try:
-            body = response.json()
-        except ValueError:
-            body = {}
-        body = body if isinstance(body, dict) else {}
-        error = str(body.get("error") or "")
-        codes = {int(c) for c in body.get("error_codes") or [] if isinstance(c, int)}
-        codes |= {int(c) for c in _AADSTS.findall(str(body.get("error_description") or ""))}
-        tenant, client = self.config.tenant_id, self.config.client_id
-        if status in (400, 401):
-            if 90002 in codes or error == "invalid_tenant":
-                return _TokenRefused(
-                    ConnectionStatus.BAD_CREDENTIALS,
-                    f"tenant {tenant} was not found in Microsoft Entra ID; check the tenant id",
-                )
-            if 700016 in codes or error == "unauthorized_client":
-                return _TokenRefused(
-                    ConnectionStatus.BAD_CREDENTIALS,
-                    f"Microsoft Entra ID does not know the application (client id {client}) in "
-                    f"tenant {tenant}; check the client id and tenant id",
-                )
-            if error == "invalid_client" or codes & {7000215, 7000222}:
-                return _TokenRefused(
-                    ConnectionStatus.BAD_CREDENTIALS,
-                    f"Microsoft Entra ID refused the client secret of application {client} "
-                    "(wrong or expired); enter a valid secret",
-                )
-        shown = error or f"HTTP {status}"
-        return _TokenRefused(
-            ConnectionStatus.UNEXPECTED_RESPONSE,
-            f"Microsoft Entra ID refused the token request ({shown})",
-        )
-
-    def _token(self, *, renew: bool = False) -> str:
-        """A valid access token: the cached one, or a new one from the token endpoint."""
-        key = self._cache_key()
-        with _TOKEN_LOCK:
-            cached = _TOKENS.get(key)
-        if cached is not None and not renew and cached.expires_at > time.monotonic():
-            self._last_token = cached.value
-            return cached.value
-        self.token_requests += 1
-        try:
-            response = self.http.post(
-                self.token_endpoint,
-                data=self._token_form(),
-                headers={"Accept": "application/json"},
-            )
-        except httpx.TransportError as exc:
-            # Asking for a token changes nothing: always safe to ask again.
-            raise TransientError(
-                f"Microsoft Entra ID could not be reached for a token ({type(exc).__name__})"
-            ) from None
-        if response.status_code == 200:
-            try:
-                return self._remember_token(response)
-            except _TokenRefused as refused:
-                raise RunAbort(refused.detail) from None
-        refused = self._refusal(response)
-        if refused.status is ConnectionStatus.THROTTLED or response.status_code >= 500:
-            raise TransientError(
-                f"no token from Microsoft Entra ID: {refused.detail}",
-                _retry_after(response.headers),
-            )
-        raise RunAbort(refused.detail)
-
-    def _forget_token(self, token: str) -> None:
-        with _TOKEN_LOCK:
-            key = self._cache_key()
-            cached = _TOKENS.get(key)
-            if cached is not None and cached.value == token:
-                del _TOKENS[key]
+        return redact(text, [*self.config.secret_values(), self.auth.last_token])
 
     # -- transport ------------------------------------------------------------------------
+    def new_client(self, **kwargs: Any) -> httpx.Client:
+        """Every client signs its requests (:class:`EntraClientCredentials`) and counts them:
+        Business Central's in ``requests_sent`` (a 401 and its retry are two), Entra ID's in
+        ``token_requests``."""
+        return super().new_client(auth=self.auth, event_hooks={"request": [self._count]}, **kwargs)
+
+    def _count(self, request: httpx.Request) -> None:
+        if self._is_token_request(request):
+            self.token_requests += 1
+        else:
+            self.requests_sent += 1
+
+    def _is_token_request(self, request: httpx.Request | None) -> bool:
+        return request is not None and request.url == httpx.URL(self.token_endpoint)
+
     def _send(
         self,
         method: str,
@@ -435,42 +625,42 @@ class DynamicsAdapter(Adapter):
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
         write: bool = False,
+        accept: str = "application/json",
     ) -> httpx.Response:
-        """One Business Central request with a bearer token; a 401 gets one new token and one
-        more try (it was refused before anything was done). Transport errors are sorted: not
-        sent -> :class:`TransientError`; maybe stored -> :class:`OutcomeUnknown` (writes)."""
-        response: httpx.Response | None = None
-        for attempt in (1, 2):
-            token = self._token(renew=attempt == 2)
-            self.requests_sent += 1
-            try:
-                response = self.http.request(
-                    method,
-                    url,
-                    params=params,
-                    content=content,
-                    headers={
-                        **(headers or {}),
-                        "Accept": "application/json",
-                        "Authorization": f"Bearer {token}",
-                    },
-                )
-            except httpx.TransportError as exc:
-                if classify_transport_error(exc, write=write) is Answer.RETRY:
-                    raise TransientError(
-                        f"Business Central could not be reached ({type(exc).__name__})"
-                    ) from None
-                raise OutcomeUnknown(
-                    f"No complete answer from Business Central ({type(exc).__name__})"
+        """One Business Central request (signed, and sent again once after a 401 with a new
+        token, by :attr:`auth`). Errors are sorted: no token -> :class:`TransientError` or
+        :class:`RunAbort`; not sent -> :class:`TransientError`; maybe stored ->
+        :class:`OutcomeUnknown` (writes)."""
+        try:
+            return self.http.request(
+                method,
+                url,
+                params=params,
+                content=content,
+                headers={**(headers or {}), "Accept": accept},
+            )
+        except TokenRefused as refused:
+            if refused.transient:
+                raise TransientError(
+                    f"no token from Microsoft Entra ID: {refused.detail}", refused.retry_after
                 ) from None
-            if response.status_code != 401:
-                return response
-            self._forget_token(token)
-        assert response is not None
-        return response
+            raise RunAbort(refused.detail) from None
+        except httpx.TransportError as exc:
+            if self._is_token_request(_failed_request(exc)):
+                # Asking for a token changes nothing, and the write was never sent.
+                raise TransientError(
+                    f"Microsoft Entra ID could not be reached for a token ({type(exc).__name__})"
+                ) from None
+            if classify_transport_error(exc, write=write) is Answer.RETRY:
+                raise TransientError(
+                    f"Business Central could not be reached ({type(exc).__name__})"
+                ) from None
+            raise OutcomeUnknown(
+                f"No complete answer from Business Central ({type(exc).__name__})"
+            ) from None
 
-    def _body(self, response: httpx.Response, *, write: bool = False) -> dict[str, Any]:
-        """The JSON body of a 2xx answer; anything else becomes the adapter error it means."""
+    def _checked(self, response: httpx.Response, *, write: bool = False) -> httpx.Response:
+        """A 2xx answer; anything else becomes the adapter error it means."""
         status = response.status_code
         if status == 401:
             raise RunAbort(
@@ -500,6 +690,11 @@ class DynamicsAdapter(Adapter):
             )
         if answer is Answer.STOP:
             raise RunAbort(f"Business Central refused the request: {_message(response)}")
+        return response
+
+    def _body(self, response: httpx.Response, *, write: bool = False) -> dict[str, Any]:
+        """The JSON body of a 2xx answer; anything else becomes the adapter error it means."""
+        self._checked(response, write=write)
         try:
             body = response.json()
         except ValueError:
@@ -543,6 +738,33 @@ class DynamicsAdapter(Adapter):
         ours, theirs = urlsplit(str(self.config.base_url)), urlsplit(link)
         return (ours.scheme, ours.netloc) == (theirs.scheme, theirs.netloc)
 
+    # -- companies and journals to choose from --------------------------------------------
+    def companies(self) -> list[Choice]:
+        """The environment's companies, for an admin to pick ``company_id`` from."""
+        return [
+            Choice(id=str(company.get("id") or ""), name=self._name_of(company))
+            for company in self._pages(f"{self.api_root}/companies")
+        ]
+
+    def journals(self, company_id: str | None = None) -> list[Choice]:
+        """The general journal batches of a company (the configured one unless named), for an
+        admin to pick ``journal_id`` from; each says if the hub cannot use it as it is."""
+        company = _check_guid(company_id) if company_id else None
+        path = f"companies({company})" if company else self.company_path
+        params = {"$select": "id,code,displayName,balancingAccountNumber"}
+        return [
+            Choice(
+                id=str(journal.get("id") or ""),
+                name=self._name_of(journal),
+                code=self.clean(str(journal.get("code") or ""), 20),
+                note=self.clean(_journal_problem(journal)),
+            )
+            for journal in self._pages(f"{self.api_root}/{path}/journals", params)
+        ]
+
+    def _name_of(self, entity: dict[str, Any]) -> str:
+        return self.clean(str(entity.get("displayName") or entity.get("name") or ""), 100)
+
     # -- connection test ------------------------------------------------------------------
     def probe(self, deadline_s: float) -> ConnectionResult:
         started = time.monotonic()
@@ -551,42 +773,64 @@ class DynamicsAdapter(Adapter):
             left = max(0.1, deadline_s - (time.monotonic() - started) - 0.25)
             return httpx.Timeout(min(5.0, left), connect=min(3.0, left))
 
+        headers = {"Accept": "application/json"}
+        self.auth.forget()  # a connection test proves the secret works now, not an hour ago
         with self.new_client() as client:
-            self.token_requests += 1
-            response = client.post(
-                self.token_endpoint,
-                data=self._token_form(),
-                headers={"Accept": "application/json"},
-                timeout=timeout(),
-            )
             try:
-                if response.status_code != 200:
-                    raise self._refusal(response)
-                token = self._remember_token(response)
-            except _TokenRefused as refused:
+                if self.config.company_id is None:
+                    response = client.get(
+                        f"{self.api_root}/companies", headers=headers, timeout=timeout()
+                    )
+                    return self._probe_problem(response, "companies") or self._to_choose(
+                        "company", "companies", _json_object(response)
+                    )
+                response = client.get(self.company_url, headers=headers, timeout=timeout())
+                problem = self._probe_problem(response, "company")
+                if problem is not None:
+                    return problem
+                company = _json_object(response)
+                if company is None or "id" not in company:
+                    return ConnectionResult(
+                        ConnectionStatus.UNEXPECTED_RESPONSE,
+                        "Business Central's answer has no company (is base_url right?)",
+                    )
+                name = str(company.get("displayName") or company.get("name") or "")
+                if self.config.journal_id is None and self.config.journal_code is None:
+                    response = client.get(
+                        f"{self.company_url}/journals", headers=headers, timeout=timeout()
+                    )
+                    return self._probe_problem(response, "journals") or self._to_choose(
+                        "journal", f"the journals of company '{name}'", _json_object(response)
+                    )
+                journal, problem = self._probe_journal(client, headers, timeout())
+            except TokenRefused as refused:
                 return ConnectionResult(refused.status, refused.detail)
-            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-            response = client.get(self.company_url, headers=headers, timeout=timeout())
-            problem = self._probe_problem(response, "company")
-            if problem is not None:
-                return problem
-            company = _json_object(response)
-            if company is None or "id" not in company:
-                return ConnectionResult(
-                    ConnectionStatus.UNEXPECTED_RESPONSE,
-                    "Business Central's answer has no company (is base_url right?)",
-                )
-            name = str(company.get("displayName") or company.get("name") or "")
-            journal, problem = self._probe_journal(client, headers, timeout())
-            if problem is not None:
-                return problem
-            problem = self._probe_balancing_account(client, headers, timeout())
-            if problem is not None:
-                return problem
+        if problem is not None:
+            return problem
         return ConnectionResult(
             ConnectionStatus.OK,
-            f"Connected to Business Central: company '{name}' in environment "
-            f"'{self.config.environment}', journal {journal}",
+            f"Connected to Business Central: company '{name}' ({self.config.environment}), "
+            f"journal {journal}. The API cannot show number series: batch {journal} needs no "
+            "No. Series (or one allowing manual numbers) and no Posting No. Series",
+        )
+
+    def _to_choose(self, what: str, where: str, body: dict[str, Any] | None) -> ConnectionResult:
+        """Signed in, but the admin has not chosen a company or journal yet: say what there is
+        (a journal by its code, which can be saved as journal_code as it is)."""
+        found = (body or {}).get("value")
+        found = [f for f in found if isinstance(f, dict)] if isinstance(found, list) else []
+        names = ", ".join(
+            f"{self.clean(str(f['code']), 20)} ('{self._name_of(f)}')"
+            if f.get("code")
+            else f"'{self._name_of(f)}'"
+            for f in found[:5]
+        )
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        listing = f": {names}{more}" if found else ""
+        return ConnectionResult(
+            ConnectionStatus.UNEXPECTED_RESPONSE,
+            f"Signed in to Business Central; now choose the {what} ({len(found)} in {where}"
+            f"{listing}) and save it",
         )
 
     def _probe_problem(self, response: httpx.Response, what: str) -> ConnectionResult | None:
@@ -620,8 +864,10 @@ class DynamicsAdapter(Adapter):
                     f"company {self.config.company_id} not found in environment "
                     f"'{environment}'; check the company id"
                 )
-            else:
+            elif what.startswith("journal "):
                 detail = f"{what} not found in the company; check the journal setting"
+            else:
+                detail = f"Business Central has no {what} here (HTTP 404); is base_url right?"
             return ConnectionResult(ConnectionStatus.UNEXPECTED_RESPONSE, detail)
         return ConnectionResult(
             ConnectionStatus.UNEXPECTED_RESPONSE,
@@ -631,8 +877,7 @@ class DynamicsAdapter(Adapter):
     def _probe_journal(
         self, client: httpx.Client, headers: dict[str, str], timeout: httpx.Timeout
     ) -> tuple[str, ConnectionResult | None]:
-        """The journal exists and has no balancing account (which would balance every line
-        a second time)."""
+        """The journal exists and the hub can use it as it is (:func:`_journal_problem`)."""
         if self.config.journal_id is not None:
             what = f"journal {self.config.journal_id}"
             url = f"{self.company_url}/journals({self.config.journal_id})"
@@ -664,47 +909,53 @@ class DynamicsAdapter(Adapter):
                 ConnectionStatus.UNEXPECTED_RESPONSE, f"Business Central's {what} is unreadable"
             )
         code = str(journal.get("code") or what)
-        balancing = str(journal.get("balancingAccountNumber") or "")
-        if balancing:
+        reason = _journal_problem(journal)
+        if reason:
             return code, ConnectionResult(
                 ConnectionStatus.UNEXPECTED_RESPONSE,
-                f"journal {code} has balancing account {balancing}: every claim line would be "
-                "balanced a second time; clear it in Business Central or use another journal",
+                f"journal {code} {reason}; clear it in Business Central or use another journal",
             )
         return code, None
 
-    def _probe_balancing_account(
-        self, client: httpx.Client, headers: dict[str, str], timeout: httpx.Timeout
-    ) -> ConnectionResult | None:
-        """A configured balancing account must exist and take postings (checked here: the
-        mapping check never sees it)."""
-        number = self.config.balancing_account_number
-        if number is None:
-            return None
-        params = {
-            "$filter": f"number eq '{_quoted(number)}'",
-            "$select": "number,accountType,blocked,directPosting",
-        }
-        response = client.get(
-            f"{self.company_url}/accounts", params=params, headers=headers, timeout=timeout
+    # -- schema check ---------------------------------------------------------------------
+    def check_schema(self) -> list[SchemaDrift]:
+        """Compare the ``journalLine`` entity type of the service's ``$metadata`` with
+        :data:`SENT_PROPERTIES`: a property we send that it lacks, a type that no longer takes
+        our value or a shorter length is an error (lines would be refused or cut); an
+        ``accountType`` value a balancing mode sends that its enum lacks is a warning (only
+        that mode fails), except "G/L Account", which every expense line uses. What
+        ``$metadata`` cannot show (number series, permissions, posting setup) is in the
+        go-live checklist."""
+        response = self._checked(
+            self._send("GET", f"{self.api_root}/$metadata", accept="application/xml")
         )
-        problem = self._probe_problem(response, f"balancing account {number}")
-        if problem is not None:
-            return problem
-        body = _json_object(response) or {}
-        found = [a for a in body.get("value") or [] if isinstance(a, dict)]
-        if not found:
-            return ConnectionResult(
-                ConnectionStatus.UNEXPECTED_RESPONSE,
-                f"balancing account {number} is not in the company's chart of accounts",
-            )
-        reason = _not_postable(found[0])
-        if reason:
-            return ConnectionResult(
-                ConnectionStatus.UNEXPECTED_RESPONSE,
-                f"balancing account {number} cannot be posted to ({reason})",
-            )
-        return None
+        entity, enums = _csdl_entity(response.content, LINE_ENTITY)
+        if entity is None:
+            return [SchemaDrift.missing(TARGET, LINE_ENTITY)]
+        drift: list[SchemaDrift] = []
+        for name, sent in SENT_PROPERTIES.items():
+            field = f"{LINE_ENTITY}.{name}"
+            declared = entity.get(name)
+            if declared is None:
+                drift.append(SchemaDrift.missing(TARGET, field))
+                continue
+            type_name, max_length = declared
+            members = enums.get(type_name)
+            if ("enum" if members is not None else type_name) not in sent.types:
+                sent_as = " or ".join("an enum value" if t == "enum" else t for t in sent.types)
+                drift.append(SchemaDrift.changed(TARGET, field, type_name, sent_as))
+            elif sent.max_length and max_length is not None and max_length < sent.max_length:
+                drift.append(
+                    SchemaDrift.changed(
+                        TARGET,
+                        field,
+                        f"at most {max_length} characters",
+                        f"up to {sent.max_length} characters",
+                    )
+                )
+            if members is not None and name == "accountType":
+                drift += _unknown_account_types(field, members)
+        return drift
 
     # -- reference codes ------------------------------------------------------------------
     def reference_codes(self) -> list[ReferenceCode]:
@@ -724,12 +975,18 @@ class DynamicsAdapter(Adapter):
 
     # -- journal --------------------------------------------------------------------------
     def journal_id(self) -> str:
-        """The journal's id: configured, or found once by its code."""
+        """The journal's id: configured, or found once by its code (a company comes first)."""
+        company_url = self.company_url
         if self._journal_id is not None:
             return self._journal_id
-        code = self.config.journal_code or ""
+        code = self.config.journal_code
+        if code is None:
+            raise RunAbort(
+                "no Business Central journal is chosen yet; pick one from the company's "
+                "journals (`integrations dynamics journals ORG`) and save it as journal_id"
+            )
         params = {"$filter": f"code eq '{_quoted(code)}'", "$select": "id,code"}
-        for journal in self._pages(f"{self.company_url}/journals", params):
+        for journal in self._pages(f"{company_url}/journals", params):
             if isinstance(journal.get("id"), str):
                 self._journal_id = journal["id"]
                 return journal["id"]
@@ -740,34 +997,44 @@ class DynamicsAdapter(Adapter):
 
     # -- lookup ---------------------------------------------------------------------------
     def lookup(self, keys: list[str]) -> dict[str, str]:
-        """Keys Business Central already has: the G/L side of unposted journal lines (by
-        ``externalDocumentNumber``), then posted G/L entries (by ``documentNumber``)."""
+        """Keys Business Central already has, three ways, each asked only for keys still
+        missing: unposted journal lines by ``externalDocumentNumber`` (the G/L side, which the
+        page lists), then posted G/L entries by ``documentNumber`` (the tag, unless a mapping
+        or a Posting No. Series changed it), then by a ``description`` ending with the tag."""
         found: dict[str, str] = {}
         if not keys:
             return found
-        by_external = {key.upper(): key for key in keys}
         lines_url = f"{self.company_url}/journals({self.journal_id()})/journalLines"
-        for chunk in _chunks(list(by_external), LOOKUP_CHUNK):
-            params = {
-                "$filter": " or ".join(f"externalDocumentNumber eq '{_quoted(k)}'" for k in chunk),
-                "$select": "id,externalDocumentNumber",
-            }
-            for line in self._pages(lines_url, params):
-                key = by_external.get(str(line.get("externalDocumentNumber") or "").upper())
-                if key is not None:
-                    found.setdefault(key, f"journalLine:{line.get('id')}")
-        by_document = {document_number_for(k): k for k in keys if k not in found}
         entries_url = f"{self.company_url}/generalLedgerEntries"
-        for chunk in _chunks(list(by_document), LOOKUP_CHUNK):
-            params = {
-                "$filter": " or ".join(f"documentNumber eq '{_quoted(d)}'" for d in chunk),
-                "$select": "entryNumber,documentNumber",
-            }
-            for entry in self._pages(entries_url, params):
-                key = by_document.get(str(entry.get("documentNumber") or "").upper())
-                if key is not None:
-                    found.setdefault(key, f"glEntry:{entry.get('entryNumber')}")
+        searches: tuple[tuple[str, str, str, bool, Callable[[str], str]], ...] = (
+            (lines_url, "externalDocumentNumber", "id", False, str.upper),
+            (entries_url, "documentNumber", "entryNumber", False, document_number_for),
+            (entries_url, "description", "entryNumber", True, document_number_for),
+        )
+        for url, field, reference, ends, wanted_of in searches:
+            wanted = {wanted_of(key): key for key in keys if key not in found}
+            prefix = "journalLine" if url == lines_url else "glEntry"
+            for key, entity in self._search(url, field, reference, wanted, ends_with=ends):
+                found.setdefault(key, f"{prefix}:{entity.get(reference)}")
         return found
+
+    def _search(
+        self, url: str, field: str, reference: str, wanted: dict[str, str], *, ends_with: bool
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(key, entity) for every entity whose ``field`` is (or ends with) a value of
+        ``wanted`` (value -> key), asked ``LOOKUP_CHUNK`` values at a time. Business Central
+        joins ``or`` only on one field, so each search is its own request."""
+        for chunk in _chunks(list(wanted), LOOKUP_CHUNK):
+            if ends_with:
+                clauses = [f"endswith({field},'{_quoted(value)}')" for value in chunk]
+            else:
+                clauses = [f"{field} eq '{_quoted(value)}'" for value in chunk]
+            params = {"$filter": " or ".join(clauses), "$select": f"{reference},{field}"}
+            for entity in self._pages(url, params):
+                text = str(entity.get(field) or "")
+                seen = text.rsplit(" ", 1)[-1] if ends_with else text.upper()
+                if seen in wanted:
+                    yield wanted[seen], entity
 
     # -- load -----------------------------------------------------------------------------
     def load(self, lines: pd.DataFrame) -> BatchResult:
@@ -816,22 +1083,27 @@ class DynamicsAdapter(Adapter):
             claims.append((key, bodies))
 
     def _line_body(self, row: Any) -> tuple[dict[str, Any], str | None]:
-        """One journal line's JSON body, or why it cannot be sent (checked before sending)."""
+        """One journal line's JSON body (exactly :data:`SENT_PROPERTIES`), or why it cannot be
+        sent (checked before sending)."""
         key = str(row.idempotency_key)
         account_type = str(row.account_type) if _present(row.account_type) else ""
         account = str(row.account) if _present(row.account) else ""
-        if int(row.line_no) != 1 and self.config.balancing_account_number:
-            account_type, account = "gl", self.config.balancing_account_number
         if account_type not in ACCOUNT_TYPES:
             return {}, (
-                f"account type {account_type or '(empty)'!r} is not one of gl, employee, vendor; "
-                "fix payable_account_type in the field mapping"
+                f"account type {account_type or '(empty)'!r} is not one of "
+                f"{', '.join(BALANCING_MODES)}; fix payable_account_type in the field mapping"
             )
         if not account:
-            return {}, f"line {row.line_no} has no {ACCOUNT_TYPES[account_type]} number"
+            hint = (
+                "; map payable_account (the G/L payable account) for the gl balancing mode"
+                if account_type == "gl" and int(row.line_no) != 1
+                else ""
+            )
+            return {}, f"line {row.line_no} has no {ACCOUNT_TYPES[account_type]} number{hint}"
+        tag = document_number_for(key)
         document = str(row.document_number) if _present(row.document_number) else key
         if document == key:
-            document = document_number_for(key)
+            document = tag
         if len(document) > DOCUMENT_NUMBER_MAX:
             return {}, (
                 f"document number {document!r} is longer than the {DOCUMENT_NUMBER_MAX} "
@@ -840,8 +1112,12 @@ class DynamicsAdapter(Adapter):
         if len(key) > EXTERNAL_DOCUMENT_NUMBER_MAX:
             return {}, "the idempotency key is longer than Business Central's 35 characters"
         text = str(row.text) if _present(row.text) else ""
-        if len(text) > DESCRIPTION_MAX:
-            return {}, f"the description is longer than {DESCRIPTION_MAX} characters"
+        # In the gl mode the credit line names the volunteer, who has no line of their own.
+        volunteer = (
+            str(row.counterparty)
+            if account_type == "gl" and int(row.line_no) != 1 and _present(row.counterparty)
+            else ""
+        )
         amount = to_decimal(int(row.amount_ore))
         return {
             "accountType": ACCOUNT_TYPES[account_type],
@@ -850,7 +1126,7 @@ class DynamicsAdapter(Adapter):
             "documentNumber": document.upper(),
             "externalDocumentNumber": key.upper(),
             "amount": amount,
-            "description": text,
+            "description": _description(text, tag, volunteer),
         }, None
 
     def _send_batch(
@@ -887,11 +1163,7 @@ class DynamicsAdapter(Adapter):
         answers = body.get("responses")
         if not isinstance(answers, list):
             raise OutcomeUnknown("Business Central's batch answer has no responses")
-        by_id: dict[str, dict[str, Any]] = {}
-        for answer in answers:
-            if not isinstance(answer, dict) or not isinstance(answer.get("status"), int):
-                raise OutcomeUnknown("Business Central's batch answer is malformed")
-            by_id[str(answer.get("id"))] = answer
+        by_id = dict(zip(_answered_operations(answers, list(owner)), answers, strict=True))
         problems: dict[str, list[str]] = {}
         for op_id, answer in by_id.items():
             status = answer["status"]
@@ -911,8 +1183,6 @@ class DynamicsAdapter(Adapter):
                 )
             if status in (401, 403):
                 raise RunAbort(f"Business Central refused a journal line: {_op_message(answer)}")
-            if op_id not in owner:
-                raise OutcomeUnknown("Business Central's batch answer names an unknown operation")
             problems.setdefault(owner[op_id][0], []).append(_record_reason(answer))
         if problems:
             return {}, {key: "; ".join(dict.fromkeys(r)) for key, r in problems.items()}
@@ -928,6 +1198,125 @@ class DynamicsAdapter(Adapter):
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def _failed_request(exc: httpx.TransportError) -> httpx.Request | None:
+    """The request a transport error happened on (httpx attaches it), if known."""
+    try:
+        return exc.request
+    except RuntimeError:
+        return None
+
+
+def _unknown_account_types(field: str, members: frozenset[str]) -> list[SchemaDrift]:
+    """The ``accountType`` values we send that the service's enum lacks. Every claim's expense
+    line is a "G/L Account" line, so that one missing is an error; "Employee" or "Vendor"
+    missing only fails the balancing mode the mapping picks, so it is a warning."""
+    missing = [value for value in ACCOUNT_TYPES.values() if value not in members]
+    if not missing:
+        return []
+    values = ", ".join(sorted(members)) or "nothing"
+    if ACCOUNT_TYPES["gl"] in missing:
+        return [SchemaDrift.changed(TARGET, field, f"one of {values}", ACCOUNT_TYPES["gl"])]
+    return [SchemaDrift.unknown_value(TARGET, field, values, None)]
+
+
+def _journal_problem(journal: dict[str, Any]) -> str:
+    """Why the hub cannot use a journal batch as it is ("" when it can). Only the balancing
+    account shows through the API; number series do not (see the connection test's words)."""
+    balancing = str(journal.get("balancingAccountNumber") or "")
+    if balancing:
+        return (
+            f"has balancing account {balancing}: every claim line would be balanced a second time"
+        )
+    return ""
+
+
+def _description(text: str, tag: str, volunteer: str = "") -> str:
+    """A line's description: the volunteer first (the credit line of the gl balancing mode,
+    where no employee or vendor line names them), the mapping's text cut to fit with "…", and
+    the claim's tag last, where :meth:`DynamicsAdapter.lookup` finds posted entries by it."""
+    body = f"{volunteer}: {text}" if volunteer and text else volunteer or text
+    room = DESCRIPTION_MAX - len(tag) - 1
+    if len(body) > room:
+        body = body[: room - 1] + "…"
+    return f"{body} {tag}" if body else tag
+
+
+def _answered_operations(answers: list[Any], sent: list[str]) -> list[str]:
+    """The operation id each ``$batch`` answer is about: the id it names, or, where it names
+    none (``"id": null``, as in Microsoft's transactional batch example), the operation at its
+    position, since answers come in the order the operations were sent. An answer that cannot
+    be placed exactly once cannot be trusted: the outcome of the batch is unknown."""
+    known = set(sent)
+    ids: list[str] = []
+    for position, answer in enumerate(answers):
+        status = answer.get("status") if isinstance(answer, dict) else None
+        if not isinstance(status, int) or isinstance(status, bool):
+            raise OutcomeUnknown("Business Central's batch answer is malformed")
+        named = answer.get("id")
+        if named is None:
+            if position >= len(sent):
+                raise OutcomeUnknown("Business Central's batch answer has more answers than lines")
+            ids.append(sent[position])
+        elif str(named) in known:
+            ids.append(str(named))
+        else:
+            raise OutcomeUnknown("Business Central's batch answer names an unknown operation")
+    if len(set(ids)) != len(ids):
+        raise OutcomeUnknown("Business Central's batch answer answers one line twice")
+    return ids
+
+
+def _csdl_entity(
+    document: bytes, name: str
+) -> tuple[dict[str, tuple[str, int | None]] | None, dict[str, frozenset[str]]]:
+    """From a CSDL (``$metadata``) document: the properties of entity type ``name`` (property
+    -> (type, MaxLength)), or None when no schema declares it, and every enum type's members
+    (``Namespace.Name`` and ``Alias.Name`` -> values, with CSDL's ``_xHHHH_`` escapes decoded,
+    so ``G_x002F_L_x0020_Account`` is "G/L Account")."""
+    if _DOCTYPE.search(document):
+        # CSDL has no DTD; one could only be there to expand entities.
+        raise TransientError("Business Central's $metadata declares a DTD; not read")
+    try:
+        root = ElementTree.fromstring(document)
+    except ElementTree.ParseError:
+        raise TransientError("Business Central's $metadata is not readable XML") from None
+    entity: dict[str, tuple[str, int | None]] | None = None
+    enums: dict[str, frozenset[str]] = {}
+    for schema in root.iter():
+        if _local(schema.tag) != "Schema" or _namespace(schema.tag) not in EDM_NAMESPACES:
+            continue
+        prefixes = [p for p in (schema.get("Namespace"), schema.get("Alias")) if p]
+        for element in schema:
+            kind = _local(element.tag)
+            if kind == "EnumType":
+                members = frozenset(
+                    _XML_ESCAPE.sub(lambda code: chr(int(code.group(1), 16)), str(m.get("Name")))
+                    for m in element
+                    if _local(m.tag) == "Member"
+                )
+                for prefix in prefixes:
+                    enums[f"{prefix}.{element.get('Name')}"] = members
+            elif kind == "EntityType" and element.get("Name") == name and entity is None:
+                entity = {}
+                for prop in element:
+                    if _local(prop.tag) != "Property" or not prop.get("Name"):
+                        continue
+                    length = prop.get("MaxLength") or ""
+                    entity[str(prop.get("Name"))] = (
+                        str(prop.get("Type") or ""),
+                        int(length) if length.isdigit() else None,
+                    )
+    return entity, enums
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _namespace(tag: str) -> str:
+    return tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
+
+
 def json_bytes(value: Any) -> bytes:
     """JSON with ``Decimal`` written as an exact number (``101.00``), never through float."""
     return _json(value).encode("utf-8")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from integration_hub.adapters.base import Adapter, ReferenceCode
+from integration_hub.adapters.base import Adapter, ReferenceCode, SchemaDrift
 from integration_hub.adapters.endpoints import binding
 from integration_hub.adapters.registry import get_type
 from integration_hub.models import Integration
@@ -57,28 +59,48 @@ def build_adapter(
 
 
 _CACHE_LOCK = threading.Lock()
-_REFERENCE_CACHE: dict[tuple[int, str], tuple[float, list[ReferenceCode]]] = {}
+_CACHE: dict[tuple[str, int, str], tuple[float, Any]] = {}
 REFERENCE_TTL_S = 300.0
+SCHEMA_TTL_S = 6 * 3600.0
+"""A schema changes rarely: checked once for a nightly run, or a whole backfill, not per chunk;
+a change to the integration's settings starts afresh."""
+
+T = TypeVar("T")
+
+
+def _cached(kind: str, integration: Integration, max_age_s: float, fetch: Callable[[], T]) -> T:
+    """``fetch()``, at most once per ``max_age_s`` per integration version (its ``updated_at``:
+    new settings or credentials ask again). A fetch that raises is not remembered."""
+    stamp = integration.updated_at.isoformat() if integration.updated_at else ""
+    key = (kind, integration.id or 0, stamp)
+    now = time.monotonic()
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit and now - hit[0] < max_age_s:
+            return cast(T, hit[1])
+    value = fetch()
+    with _CACHE_LOCK:
+        _CACHE[key] = (now, value)
+    return value
 
 
 def cached_reference_codes(
     adapter: Adapter, integration: Integration, *, max_age_s: float = REFERENCE_TTL_S
 ) -> list[ReferenceCode]:
     """The target's codes, fetched at most once per ``max_age_s`` per integration version."""
-    stamp = integration.updated_at.isoformat() if integration.updated_at else ""
-    key = (integration.id or 0, stamp)
-    now = time.monotonic()
-    with _CACHE_LOCK:
-        hit = _REFERENCE_CACHE.get(key)
-        if hit and now - hit[0] < max_age_s:
-            return hit[1]
-    codes = adapter.reference_codes()
-    with _CACHE_LOCK:
-        _REFERENCE_CACHE[key] = (now, codes)
-    return codes
+    return _cached("codes", integration, max_age_s, adapter.reference_codes)
+
+
+def cached_schema_drift(
+    adapter: Adapter, integration: Integration, *, max_age_s: float = SCHEMA_TTL_S
+) -> list[SchemaDrift]:
+    """:meth:`Adapter.check_schema`, asked at most once per ``max_age_s`` per integration
+    version, so that a nightly run costs one extra request and a backfill not one per chunk."""
+    return _cached("schema", integration, max_age_s, adapter.check_schema)
 
 
 def forget_reference_codes(integration_id: int | None = None) -> None:
+    """Forget what :func:`cached_reference_codes` and :func:`cached_schema_drift` remember."""
     with _CACHE_LOCK:
-        for key in [k for k in _REFERENCE_CACHE if integration_id in (None, k[0])]:
-            del _REFERENCE_CACHE[key]
+        for key in [k for k in _CACHE if integration_id in (None, k[1])]:
+            del _CACHE[key]

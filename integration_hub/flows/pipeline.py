@@ -9,7 +9,10 @@ an artifact.
 Guards: a real (not dry) run holds its integration's export lease from start to end, so two
 exports of one integration never run in parallel (:mod:`integration_hub.tasks.lease`), and every
 request to the target takes a slot from the target's shared rate limit
-(:mod:`integration_hub.tasks.pacing`). A dry run sends nothing, so it takes no lease.
+(:mod:`integration_hub.tasks.pacing`). A dry run sends nothing, so it takes no lease. Before
+anything is sent, the target's own schema is compared with what the adapter sends
+(``Adapter.check_schema``, remembered for hours per integration): a difference that would have
+the target refuse or misread the records stops the run with the reason, and nothing is sent.
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from integration_hub.adapters.base import Adapter, RunAbort
-from integration_hub.adapters.factory import build_adapter, cached_reference_codes
+from integration_hub.adapters.base import Adapter, AdapterError, RunAbort, SchemaDrift
+from integration_hub.adapters.factory import (
+    build_adapter,
+    cached_reference_codes,
+    cached_schema_drift,
+)
 from integration_hub.adapters.registry import get_type
 from integration_hub.db import app_engine, hub_session
 from integration_hub.ledger import Ledger
@@ -38,7 +45,13 @@ from integration_hub.tasks import extract as extract_step
 from integration_hub.tasks import lease as lease_step
 from integration_hub.tasks import notify
 from integration_hub.tasks.context import ExportNotReady, RunContext, load_context
-from integration_hub.tasks.load import LoadReport, RetryPolicy, load_lines, read_with_retry
+from integration_hub.tasks.load import (
+    LoadReport,
+    RetryPolicy,
+    load_lines,
+    read_with_retry,
+    records_of,
+)
 from integration_hub.tasks.pacing import Pacer, rate_limit_for, target_key
 from integration_hub.tasks.record import (
     fail_run,
@@ -134,7 +147,7 @@ def load(
     lease: lease_step.Lease | None = None,
 ) -> LoadReport:
     """Safe to retry as a whole: the ledger turns a second attempt into lookups, not posts."""
-    adapter, _ = _adapter(context, purpose="export expense claims")
+    adapter, integration = _adapter(context, purpose="export expense claims")
     logger = get_run_logger()
     total_records = lines["idempotency_key"].nunique() if not lines.empty else 0
     pacer = _pacer(adapter)
@@ -150,7 +163,19 @@ def load(
     def progress(done: int, total: int) -> None:
         logger.info("sent %s of %s records", done, total)
 
-    return load_lines(
+    checked = 0
+    if not lines.empty:
+        drift = _schema_drift(adapter, integration, before_request)
+        checked = adapter.requests_sent
+        for warning in (d for d in drift if d.severity == "warning"):
+            logger.warning("%s", warning.message)
+        stop = schema_stop_reason(adapter.display_name, drift)
+        if stop is not None:
+            logger.error("%s", stop)
+            report = LoadReport(requests=checked, aborted=stop)
+            report.add(records_of(lines), OutcomeStatus.FAILED, f"not sent: {stop}")
+            return report
+    report = load_lines(
         adapter,
         lines,
         ledger=_ledger(context),
@@ -158,6 +183,37 @@ def load(
         policy=RetryPolicy(),
         progress=progress if total_records > 2000 else None,
         before_request=before_request,
+    )
+    report.requests += checked
+    return report
+
+
+def _schema_drift(
+    adapter: Adapter, integration: Integration, before_request: Any
+) -> list[SchemaDrift]:
+    """The target's schema against what the adapter sends (remembered per integration). A
+    check that cannot run does not stop the export: whatever kept it from running (a bad
+    token, an outage) stops the load itself, with its own reason."""
+    try:
+        return read_with_retry(
+            adapter,
+            RetryPolicy(),
+            lambda: cached_schema_drift(adapter, integration),
+            before_request,
+        )
+    except AdapterError as exc:
+        get_run_logger().warning("could not compare %s's schema: %s", adapter.display_name, exc)
+        return []
+
+
+def schema_stop_reason(target: str, drift: list[SchemaDrift]) -> str | None:
+    """Why a run must not send anything, when the schema check found errors."""
+    errors = [d.message for d in drift if d.severity == "error"]
+    if not errors:
+        return None
+    return (
+        f"{target}'s schema no longer matches what the hub sends, so nothing was sent: "
+        + "; ".join(errors)
     )
 
 

@@ -52,6 +52,7 @@ class OutcomeStatus(StrEnum):
 class LedgerState(StrEnum):
     PENDING = "pending"  # about to be sent: outcome unknown until confirmed
     EXPORTED = "exported"
+    REFUSED = "refused"  # held by the target, whose import refused it: looked up before resending
 
 
 class FeatureFlag(SQLModel, table=True):

@@ -13,8 +13,18 @@ as far as public facts go, plus switches for the failures that matter to exactly
   at the first failing operation, ``Prefer: odata.continue-on-error`` goes on, and
   ``Isolation: snapshot`` makes the batch one transaction that a failing operation rolls back).
   Errors are OData bodies ``{"error": {"code", "message"}}``. Collections page server-side
-  (``@odata.nextLink``, 50 a page) and take ``$filter`` (``field eq 'value'`` joined by ``or``),
-  ``$select`` and ``$top``.
+  (``@odata.nextLink``, 50 a page) and take ``$filter`` (``field eq 'value'`` or
+  ``endswith(field,'value')``, joined by ``or`` on one field only, as Microsoft's filter page
+  says), ``$select`` and ``$top``. A batch answer echoes each operation's ``id`` (``null`` when
+  it had none, as in Microsoft's transactional batch example; a tenant can answer ``null``
+  throughout, :attr:`Tenant.null_batch_ids`).
+- ``GET $metadata``: a CSDL document of the ``journalLine`` entity type, rendered from facts in
+  ``specs/dynamics/`` (see its ``SOURCE.md``); a journal line POST accepts exactly what that
+  document lists. :meth:`Tenant.change_schema` changes both (a property dropped, retyped or
+  shortened, an enum member gone), so a test can prove the adapter's schema check sees it.
+- A journal batch may have a Posting No. Series (``Company.add_journal(posting_no_series=…)``):
+  posting renumbers the documents, and, as in the real ``journals`` entity, the API cannot show
+  it.
 - As in the real ``APIV2 - JournalLines`` page (``OnOpenPage`` filters Account Type to
   G/L Account..Bank Account), lines against an employee are created but never listed.
 - Codes are upper-cased (Business Central ``Code`` fields); amounts stay ``Decimal`` and are
@@ -41,11 +51,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
+from xml.etree import ElementTree
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -62,44 +75,160 @@ PAGE_SIZE = 50
 TOKEN_LIFETIME_S = 3599
 CENT = Decimal("0.01")
 
-ACCOUNT_TYPES = (
-    "G/L Account",
-    "Customer",
-    "Vendor",
-    "Bank Account",
-    "Fixed Asset",
-    "IC Partner",
-    "Employee",
-)
+SPEC_FILE = Path(__file__).parent / "specs" / "dynamics" / "journalLine.json"
+"""The journalLine entity type as facts from Microsoft's material (``specs/dynamics/SOURCE.md``)."""
+EDMX_NS = "http://docs.oasis-open.org/odata/ns/edmx"
+EDM_NS = "http://docs.oasis-open.org/odata/ns/edm"
+STRING_TYPES = ("Edm.String", "Edm.Date", "Edm.Guid", "Edm.DateTimeOffset")
+"""Types a JSON body carries as a string (an enum type, too); the rest are numbers."""
+ElementTree.register_namespace("edmx", EDMX_NS)  # prefixes as CSDL documents write them
+ElementTree.register_namespace("", EDM_NS)
+READ_ONLY = frozenset({"journalDisplayName", "lastModifiedDateTime"})
+"""Accepted in a body (as Microsoft's create example sends them) and ignored."""
+
+
+@dataclass(frozen=True)
+class EdmProperty:
+    """One property of an entity type: its name, OData type and string length limit."""
+
+    name: str
+    type: str
+    max_length: int | None = None
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class LineSchema:
+    """The ``journalLine`` entity type: what ``$metadata`` says and what a POST accepts.
+
+    Why one object for both: a tenant whose schema was changed (:meth:`changed`, as an upgrade
+    of Business Central might) must both describe and enforce the change, or a test of the
+    adapter's schema check proves nothing.
+    """
+
+    namespace: str
+    entity: str
+    entity_set: str
+    key: str
+    properties: tuple[EdmProperty, ...]
+    enums: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
+
+    @classmethod
+    def load(cls, path: Path = SPEC_FILE) -> LineSchema:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        return cls(
+            namespace=spec["namespace"],
+            entity=spec["entity"],
+            entity_set=spec["entity_set"],
+            key=spec["key"],
+            properties=tuple(
+                EdmProperty(p["name"], p["type"], p.get("max_length"), p.get("nullable", True))
+                for p in spec["properties"]
+            ),
+            enums=tuple(
+                (name, tuple((str(m), int(v)) for m, v in members))
+                for name, members in spec["enums"].items()
+            ),
+        )
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.properties)
+
+    @cached_property
+    def _by_name(self) -> dict[str, EdmProperty]:
+        return {p.name: p for p in self.properties}
+
+    @cached_property
+    def _enum_types(self) -> dict[str, tuple[str, ...]]:
+        return {
+            f"{self.namespace}.{name}": tuple(member for member, _ in members)
+            for name, members in self.enums
+        }
+
+    def get(self, name: str) -> EdmProperty | None:
+        return self._by_name.get(name)
+
+    def enum_of(self, prop: EdmProperty) -> tuple[str, ...] | None:
+        """The members of the enum type ``prop`` has, or None for a primitive type."""
+        return self._enum_types.get(prop.type)
+
+    def changed(
+        self,
+        *,
+        drop: Iterable[str] = (),
+        types: Mapping[str, str] | None = None,
+        max_lengths: Mapping[str, int] | None = None,
+        drop_members: Iterable[str] = (),
+    ) -> LineSchema:
+        """A copy with properties dropped, retyped or shortened and enum members removed."""
+        drop, types, lengths = set(drop), dict(types or {}), dict(max_lengths or {})
+        unknown = sorted((drop | set(types) | set(lengths)) - self.names)
+        if unknown:
+            raise SandboxSetupError(f"journalLine has no property {unknown[0]}")
+        gone = set(drop_members)
+        return replace(
+            self,
+            properties=tuple(
+                replace(
+                    p,
+                    type=types.get(p.name, p.type),
+                    max_length=lengths.get(p.name, p.max_length),
+                )
+                for p in self.properties
+                if p.name not in drop
+            ),
+            enums=tuple(
+                (name, tuple((m, v) for m, v in members if m not in gone))
+                for name, members in self.enums
+            ),
+        )
+
+    def csdl(self) -> bytes:
+        """The CSDL (OData v4 XML) document ``GET .../api/v2.0/$metadata`` answers."""
+        edmx = ElementTree.Element(f"{{{EDMX_NS}}}Edmx", {"Version": "4.0"})
+        services = ElementTree.SubElement(edmx, f"{{{EDMX_NS}}}DataServices")
+        schema = ElementTree.SubElement(services, f"{{{EDM_NS}}}Schema", Namespace=self.namespace)
+        for name, members in self.enums:
+            enum = ElementTree.SubElement(schema, f"{{{EDM_NS}}}EnumType", Name=name)
+            for member, value in members:
+                ElementTree.SubElement(
+                    enum, f"{{{EDM_NS}}}Member", Name=_xml_name(member), Value=str(value)
+                )
+        entity = ElementTree.SubElement(schema, f"{{{EDM_NS}}}EntityType", Name=self.entity)
+        key = ElementTree.SubElement(entity, f"{{{EDM_NS}}}Key")
+        ElementTree.SubElement(key, f"{{{EDM_NS}}}PropertyRef", Name=self.key)
+        for prop in self.properties:
+            attributes = {"Name": prop.name, "Type": prop.type}
+            if not prop.nullable:
+                attributes["Nullable"] = "false"
+            if prop.max_length is not None:
+                attributes["MaxLength"] = str(prop.max_length)
+            if prop.type == "Edm.Decimal":
+                attributes["Scale"] = "Variable"
+            ElementTree.SubElement(entity, f"{{{EDM_NS}}}Property", attributes)
+        container = ElementTree.SubElement(schema, f"{{{EDM_NS}}}EntityContainer", Name="NAV")
+        ElementTree.SubElement(
+            container,
+            f"{{{EDM_NS}}}EntitySet",
+            Name=self.entity_set,
+            EntityType=f"{self.namespace}.{self.entity}",
+        )
+        return ElementTree.tostring(edmx, encoding="utf-8", xml_declaration=True)
+
+
+def _xml_name(value: str) -> str:
+    """A member name as CSDL writes it: characters an XML name cannot hold become ``_xHHHH_``
+    (so "G/L Account" is ``G_x002F_L_x0020_Account``)."""
+    return "".join(c if c.isalnum() or c == "_" else f"_x{ord(c):04X}_" for c in value)
+
+
+LINE_SCHEMA = LineSchema.load()
+ACCOUNT_TYPES = LINE_SCHEMA.enum_of(LINE_SCHEMA.get("accountType"))  # type: ignore[arg-type]
+assert ACCOUNT_TYPES is not None
 LISTED_ACCOUNT_TYPES = ACCOUNT_TYPES[:4]
 """``APIV2 - JournalLines`` OnOpenPage: SetRange("Account Type", G/L Account, Bank Account)."""
 
-LINE_FIELDS = {
-    "id",
-    "journalId",
-    "lineNumber",
-    "accountType",
-    "accountId",
-    "accountNumber",
-    "postingDate",
-    "documentNumber",
-    "externalDocumentNumber",
-    "amount",
-    "description",
-    "comment",
-    "taxCode",
-    "balanceAccountType",
-    "balancingAccountId",
-    "balancingAccountNumber",
-}
-LINE_LENGTHS = {
-    "accountNumber": 20,
-    "documentNumber": 20,
-    "externalDocumentNumber": 35,
-    "description": 100,
-    "comment": 250,
-    "balancingAccountNumber": 20,
-}
 CODE_FIELDS = (
     "accountNumber",
     "documentNumber",
@@ -123,6 +252,7 @@ GATEWAY_TIMEOUT = "GatewayTimeout"
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _SEGMENT_RE = re.compile(r"^([A-Za-z][\w.]*)(?:\(([^()]*)\))?$")
 _CLAUSE_RE = re.compile(r"\s*([A-Za-z]\w*)\s+eq\s+(?:'((?:[^']|'')*)'|([\w.-]+))\s*")
+_ENDSWITH_RE = re.compile(r"\s*endswith\(\s*([A-Za-z]\w*)\s*,\s*'((?:[^']|'')*)'\s*\)\s*")
 _OR_RE = re.compile(r"or\b", re.IGNORECASE)
 
 
@@ -239,6 +369,58 @@ def _guid(value: Any, what: str) -> str:
         raise SandboxSetupError(f"{what} must be a GUID") from None
 
 
+def _typed_values(body: Any, schema: LineSchema) -> dict[str, Any]:
+    """The properties of a journal line body, checked as Business Central's OData layer checks
+    them before any AL code runs: known to the entity type, of its type, within its length, a
+    member of its enum. Codes come back in capitals; read-only properties are ignored."""
+    if not isinstance(body, dict):
+        raise ODataError(400, BAD_REQUEST, "The request body must be a JSON object.")
+    unknown = sorted(set(body) - schema.names)
+    if unknown:
+        raise ODataError(
+            400,
+            BAD_REQUEST,
+            f"The property '{unknown[0]}' does not exist on type "
+            f"'{schema.namespace}.{schema.entity}'. Make sure to only use property names that "
+            "are defined by the type.",
+        )
+    values: dict[str, Any] = {}
+    for name, value in body.items():
+        prop = schema.get(name)
+        if value is None or prop is None or name in READ_ONLY:
+            continue
+        members = schema.enum_of(prop)
+        textual = members is not None or prop.type in STRING_TYPES
+        if textual and not isinstance(value, str):
+            raise ODataError(
+                400,
+                BAD_REQUEST,
+                f"Cannot convert a primitive value to the expected type '{prop.type}' for "
+                f"property '{name}'.",
+            )
+        if not textual and (isinstance(value, bool) or not isinstance(value, int | Decimal)):
+            raise ODataError(
+                400,
+                BAD_REQUEST,
+                f"Cannot convert the literal '{value}' to the expected type '{prop.type}'.",
+            )
+        if prop.max_length is not None and len(value) > prop.max_length:
+            raise ODataError(
+                400,
+                TOO_LONG,
+                f"The length of the string is {len(value)}, but it must be less than or "
+                f"equal to {prop.max_length} characters. Value: {value}",
+            )
+        if members is not None and value not in members:
+            raise ODataError(
+                400,
+                BAD_REQUEST,
+                f"'{value}' is not an option. The existing options are: " + ",".join(members),
+            )
+        values[name] = value.upper() if name in CODE_FIELDS else value
+    return values
+
+
 class Company:
     """One company: chart, employees, vendors, journals with lines, posted G/L entries."""
 
@@ -261,6 +443,8 @@ class Company:
         self._journals: dict[str, dict[str, Any]] = {}
         self._lines: dict[str, list[dict[str, Any]]] = {}
         self._entries: list[dict[str, Any]] = []
+        self._posting_series: dict[str, str] = {}
+        self._posted_documents = 0
         self.set_accounts(accounts)
         self.add_employees(employees)
         self.add_vendors(vendors)
@@ -375,8 +559,14 @@ class Company:
         *,
         balancing_account_number: str = "",
         journal_id: str | None = None,
+        posting_no_series: str = "",
     ) -> dict[str, Any]:
-        """A general journal batch (``journals``), optionally with a balancing account."""
+        """A general journal batch (``journals``), optionally with a balancing account.
+
+        ``posting_no_series`` (a prefix such as ``"GJP"``) gives the batch a Posting No. Series:
+        posting then renumbers each document (``GJP00001``, ...), so posted G/L entries no longer
+        carry the document numbers the lines had. Like the real ``journals`` entity, the API
+        never shows it."""
         code = code.strip().upper()
         if not code or len(code) > 10:
             raise SandboxSetupError("a journal code has 1-10 characters")
@@ -398,6 +588,8 @@ class Company:
             }
             self._journals[journal["id"]] = journal
             self._lines[journal["id"]] = []
+            if posting_no_series:
+                self._posting_series[journal["id"]] = posting_no_series.strip().upper()
             return dict(journal)
 
     def journal(self, journal_id: str) -> dict[str, Any]:
@@ -428,11 +620,14 @@ class Company:
             return [dict(e) for e in self._entries]
 
     # -- writes --------------------------------------------------------------------------
-    def create_line(self, journal_id: str, body: Any) -> tuple[dict[str, Any], Callable[[], None]]:
-        """Validate and insert one journal line; returns it and how to undo the insert."""
+    def create_line(
+        self, journal_id: str, body: Any, schema: LineSchema = LINE_SCHEMA
+    ) -> tuple[dict[str, Any], Callable[[], None]]:
+        """Validate ``body`` against ``schema`` (the tenant's journalLine type) and insert one
+        journal line; returns it and how to undo the insert."""
         with self._lock:
             journal = self.journal(journal_id)
-            line = self._check_line(journal, body)
+            line = self._check_line(journal, body, schema)
             lines = self._lines[journal["id"]]
             if "lineNumber" not in line:
                 line["lineNumber"] = (max((x["lineNumber"] for x in lines), default=0)) + 10000
@@ -445,55 +640,17 @@ class Company:
 
             return dict(line), undo
 
-    def _check_line(self, journal: Mapping[str, Any], body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise ODataError(400, BAD_REQUEST, "The request body must be a JSON object.")
-        unknown = sorted(set(body) - LINE_FIELDS - {"journalDisplayName", "lastModifiedDateTime"})
-        if unknown:
-            raise ODataError(
-                400,
-                BAD_REQUEST,
-                f"The property '{unknown[0]}' does not exist on type "
-                "'Microsoft.NAV.journalLine'. Make sure to only use property names that are "
-                "defined by the type.",
-            )
-        values: dict[str, Any] = {}
-        for name in (*LINE_LENGTHS, "accountType", "postingDate", "taxCode", "balanceAccountType"):
-            value = body.get(name)
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                raise ODataError(
-                    400,
-                    BAD_REQUEST,
-                    f"Cannot convert a primitive value to the expected type 'Edm.String' "
-                    f"for property '{name}'.",
-                )
-            limit = LINE_LENGTHS.get(name)
-            if limit is not None and len(value) > limit:
-                raise ODataError(
-                    400,
-                    TOO_LONG,
-                    f"The length of the string is {len(value)}, but it must be less than or "
-                    f"equal to {limit} characters. Value: {value}",
-                )
-            values[name] = value.upper() if name in CODE_FIELDS else value
+    def _check_line(
+        self, journal: Mapping[str, Any], body: Any, schema: LineSchema
+    ) -> dict[str, Any]:
+        values = _typed_values(body, schema)
         account_type = values.get("accountType", "G/L Account")
-        if account_type not in ACCOUNT_TYPES:
+        try:
+            amount = Decimal(values.get("amount", 0))
+        except ArithmeticError:
             raise ODataError(
-                400,
-                BAD_REQUEST,
-                f"'{account_type}' is not an option. The existing options are: "
-                + ",".join(ACCOUNT_TYPES),
-            )
-        amount = body.get("amount", Decimal(0))
-        if isinstance(amount, bool) or not isinstance(amount, int | Decimal):
-            raise ODataError(
-                400,
-                BAD_REQUEST,
-                f"Cannot convert the literal '{amount}' to the expected type 'Edm.Decimal'.",
-            )
-        amount = Decimal(amount)
+                400, BAD_REQUEST, "Cannot convert the literal to the expected type 'Edm.Decimal'."
+            ) from None
         if not amount.is_finite() or amount != amount.quantize(CENT):
             raise ODataError(
                 400, DIALOG, f"The amount {amount} has more decimals than the currency allows."
@@ -610,21 +767,38 @@ class Company:
                     DIALOG,
                     f"Account No. must have a value in line {missing[0]['lineNumber']}.",
                 )
-            before = len(self._entries)
+            before, documents_before = len(self._entries), self._posted_documents
             posted = list(lines)
+            numbers = self._posting_numbers(journal["id"], posted)
             for line in posted:
-                self._entries.append(self._entry(line, self._gl_account(line), line["amount"]))
+                document = numbers.get(line["documentNumber"], line["documentNumber"])
+                self._entries.append(
+                    self._entry(line, self._gl_account(line), line["amount"], document)
+                )
                 if line["balancingAccountNumber"]:
                     account = line["balancingAccountNumber"]
-                    self._entries.append(self._entry(line, account, -line["amount"]))
+                    self._entries.append(self._entry(line, account, -line["amount"], document))
             lines.clear()
 
             def undo() -> None:
                 with self._lock:
                     del self._entries[before:]
+                    self._posted_documents = documents_before
                     lines[:0] = posted
 
             return undo
+
+    def _posting_numbers(self, journal_id: str, lines: list[dict[str, Any]]) -> dict[str, str]:
+        """Document number -> the one a Posting No. Series gives it ({} without a series)."""
+        series = self._posting_series.get(journal_id)
+        if not series:
+            return {}
+        numbers: dict[str, str] = {}
+        for line in lines:
+            if line["documentNumber"] not in numbers:
+                self._posted_documents += 1
+                numbers[line["documentNumber"]] = f"{series}{self._posted_documents:05d}"
+        return numbers
 
     def _gl_account(self, line: Mapping[str, Any]) -> str:
         if line["accountType"] == "Employee":
@@ -633,14 +807,16 @@ class Company:
             return VENDOR_PAYABLES
         return str(line["accountNumber"])
 
-    def _entry(self, line: Mapping[str, Any], account: str, amount: Decimal) -> dict[str, Any]:
+    def _entry(
+        self, line: Mapping[str, Any], account: str, amount: Decimal, document: str
+    ) -> dict[str, Any]:
         number = len(self._entries) + 1
         found = self._accounts.get(account)
         return {
             "id": str(uuid.uuid4()),
             "entryNumber": number,
             "postingDate": line["postingDate"],
-            "documentNumber": line["documentNumber"],
+            "documentNumber": document,
             "documentType": " ",
             "accountId": found["id"] if found else str(uuid.UUID(int=0)),
             "accountNumber": account,
@@ -714,6 +890,20 @@ class Tenant:
         self.requests = 0
         self.batches = 0
         self.token_requests = 0
+        self.schema = LINE_SCHEMA
+        """The journalLine type its environments describe (``$metadata``) and enforce."""
+        self.null_batch_ids = False
+        """Answer every ``$batch`` operation with ``"id": null``, as Microsoft's transactional
+        batch example shows, instead of echoing the ids sent (absent ids are null anyway)."""
+
+    def change_schema(self, **changes: Any) -> LineSchema:
+        """Change the journalLine type from the default (:meth:`LineSchema.changed`: ``drop``,
+        ``types``, ``max_lengths``, ``drop_members``), as an upgrade of Business Central might;
+        no changes restore the default."""
+        schema = LINE_SCHEMA.changed(**changes) if changes else LINE_SCHEMA
+        with self._lock:
+            self.schema = schema
+        return schema
 
     def add_client(
         self,
@@ -1042,25 +1232,39 @@ def _loads(raw: bytes) -> Any:
     return json.loads(raw, parse_float=Decimal)
 
 
-def _parse_filter(text: str, entity: str, allowed: Iterable[str]) -> list[tuple[str, str]]:
-    """``a eq 'x' or b eq 'y'`` -> [(a, x), (b, y)]; anything else is a 400 as in OData."""
+def _parse_filter(text: str, entity: str, allowed: Iterable[str]) -> list[tuple[str, str, str]]:
+    """``a eq 'x' or endswith(a,'y')`` -> [(a, eq, x), (a, endswith, y)]; anything else is a
+    400 as in OData. Like Business Central, ``or`` may only join clauses on one field."""
     names = set(allowed)
-    clauses: list[tuple[str, str]] = []
+    clauses: list[tuple[str, str, str]] = []
     position = 0
     while True:
         match = _CLAUSE_RE.match(text, position)
-        if match is None:
-            raise ODataError(
-                400, BAD_REQUEST, f"Could not parse $filter at position {position}: {text!r}"
-            )
-        name, quoted, bare = match.groups()
+        if match is not None:
+            name, quoted, bare = match.groups()
+            operator = "eq"
+        else:
+            match = _ENDSWITH_RE.match(text, position)
+            if match is None:
+                raise ODataError(
+                    400, BAD_REQUEST, f"Could not parse $filter at position {position}: {text!r}"
+                )
+            (name, quoted), bare, operator = match.groups(), None, "endswith"
         if name not in names:
             raise ODataError(
                 400,
                 BAD_REQUEST,
                 f"Could not find a property named '{name}' on type 'Microsoft.NAV.{entity}'.",
             )
-        clauses.append((name, quoted.replace("''", "'") if quoted is not None else bare))
+        if clauses and clauses[0][0] != name:
+            raise ODataError(
+                400,
+                BAD_REQUEST,
+                "An 'or' can only join filters on the same field; got "
+                f"'{clauses[0][0]}' and '{name}'.",
+            )
+        value = quoted.replace("''", "'") if quoted is not None else str(bare)
+        clauses.append((name, operator, value))
         position = match.end()
         if position >= len(text):
             return clauses
@@ -1069,14 +1273,14 @@ def _parse_filter(text: str, entity: str, allowed: Iterable[str]) -> list[tuple[
             raise ODataError(
                 400,
                 BAD_REQUEST,
-                f"The sandbox supports $filter clauses 'field eq value' joined by 'or'; got "
-                f"{text!r}",
+                "The sandbox supports $filter clauses 'field eq value' and "
+                f"'endswith(field,value)' joined by 'or'; got {text!r}",
             )
         position = joiner.end()
 
 
-def _matches(entity: Mapping[str, Any], clauses: list[tuple[str, str]]) -> bool:
-    for name, value in clauses:
+def _matches(entity: Mapping[str, Any], clauses: list[tuple[str, str, str]]) -> bool:
+    for name, operator, value in clauses:
         field_value = entity.get(name)
         if isinstance(field_value, bool):
             shown = "true" if field_value else "false"
@@ -1084,7 +1288,7 @@ def _matches(entity: Mapping[str, Any], clauses: list[tuple[str, str]]) -> bool:
             shown = format(field_value, "f")
         else:
             shown = "" if field_value is None else str(field_value)
-        if shown == value:
+        if shown == value or (operator == "endswith" and shown.endswith(value)):
             return True
     return False
 
@@ -1147,7 +1351,7 @@ def _collection(
 
 
 _ENTITY_FIELDS: dict[str, set[str]] = {
-    "journalLine": LINE_FIELDS | {"journalDisplayName", "lastModifiedDateTime"},
+    "journalLine": set(LINE_SCHEMA.names),
     "generalLedgerEntry": {
         "id",
         "entryNumber",
@@ -1183,7 +1387,9 @@ def _one(entity: Mapping[str, Any], query: Mapping[str, str]) -> dict[str, Any]:
 class _Outcome:
     status: int
     body: Any = None
+    """JSON to write, or bytes sent as they are (the ``$metadata`` XML)."""
     wrote: bool = False
+    media_type: str = "application/json"
 
 
 def _segments(path: str) -> list[tuple[str, str | None]]:
@@ -1254,7 +1460,7 @@ class _Api:
         name, key = parts[1]
         rest = parts[2:]
         if name == "journals" and key is not None and rest:
-            return self._journal_child(company, key, rest, method, query, body, base, undo)
+            return self._journal_child(tenant, company, key, rest, method, query, body, base, undo)
         if rest:
             raise ODataError(404, NOT_FOUND, f"No HTTP resource was found for '{path}'.")
         self._only(method, "GET")
@@ -1292,6 +1498,7 @@ class _Api:
 
     def _journal_child(
         self,
+        tenant: Tenant,
         company: Company,
         journal_id: str,
         rest: list[tuple[str, str | None]],
@@ -1312,7 +1519,7 @@ class _Api:
         if len(rest) != 1 or name != "journalLines":
             raise ODataError(404, NOT_FOUND, "No HTTP resource was found for this path.")
         if method == "POST" and key is None:
-            line, reverse = company.create_line(journal["id"], body)
+            line, reverse = company.create_line(journal["id"], body, tenant.schema)
             if undo is not None:
                 undo.append(reverse)
             return _Outcome(201, line, wrote=True)
@@ -1339,6 +1546,19 @@ class _Api:
     def _only(method: str, allowed: str) -> None:
         if method != allowed:
             raise ODataError(405, "BadRequest_MethodNotAllowed", f"'{method}' is not allowed.")
+
+    def metadata(self, tenant: Tenant, environment: str, method: str) -> _Outcome:
+        """``GET $metadata``: the CSDL document of the tenant's journalLine type."""
+        self._only(method, "GET")
+        if environment.lower() not in tenant.environments:
+            raise ODataError(
+                404,
+                NO_ENVIRONMENT,
+                f"Environment '{environment}' does not exist for tenant {tenant.tenant_id}.",
+            )
+        with self.state._lock:
+            schema = tenant.schema
+        return _Outcome(200, schema.csdl(), media_type="application/xml")
 
     def batch(
         self,
@@ -1393,10 +1613,15 @@ class _Api:
                     )
                 except ODataError as error:
                     outcome = _Outcome(error.status, error.body())
+                # Microsoft's example answers "id": null (its requests name no id); a named
+                # id is echoed unless the tenant answers null for every operation.
                 answer: dict[str, Any] = {
-                    "id": op.get("id"),
+                    "id": None if tenant.null_batch_ids else op.get("id"),
                     "status": outcome.status,
-                    "headers": {"content-type": "application/json; odata.metadata=minimal"}
+                    "headers": {
+                        "content-type": "application/json; odata.metadata=minimal",
+                        "odata-version": "4.0",
+                    }
                     if outcome.body is not None
                     else {},
                 }
@@ -1453,7 +1678,10 @@ class _ApiEndpoint:
             f"{request.url.scheme}://{request.url.netloc}/v2.0/{tenant_id}/{environment}/api/v2.0"
         )
         outcome = self._run(tenant, environment, request, raw, root)
-        encoded = dumps(outcome.body) if outcome.body is not None else b""
+        if isinstance(outcome.body, bytes):
+            encoded = outcome.body
+        else:
+            encoded = dumps(outcome.body) if outcome.body is not None else b""
         if outcome.wrote:
             after, hang_seconds = tenant.take_commit_fault()
             if after == "commit_then_drop":
@@ -1469,7 +1697,7 @@ class _ApiEndpoint:
         response = Response(
             encoded if outcome.body is not None else None,
             status_code=outcome.status,
-            media_type="application/json" if outcome.body is not None else None,
+            media_type=outcome.media_type if outcome.body is not None else None,
             headers={"OData-Version": "4.0"},
         )
         await response(scope, receive, send)
@@ -1490,6 +1718,8 @@ class _ApiEndpoint:
                     raise ODataError(405, "BadRequest_MethodNotAllowed", "$batch takes POST.")
                 headers = {k.lower(): v for k, v in request.headers.items()}
                 return self.api.batch(tenant, environment, body, headers, root)
+            if path.strip("/") == "$metadata":
+                return self.api.metadata(tenant, environment, method)
             with self.state._lock:
                 return self.api.call(tenant, environment, method, path, query, body, root)
         except ODataError as error:
@@ -1632,6 +1862,27 @@ def _control_routes(state: DynamicsSandboxState) -> list[Route]:
             return _bad_request(str(error))
         return JSONResponse(asdict(faults))
 
+    async def options(request: Request) -> Response:
+        """``{"null_batch_ids": bool, "schema": {drop, types, max_lengths, drop_members}}``."""
+        tenant = tenant_or_404(request)
+        if isinstance(tenant, JSONResponse):
+            return tenant
+        try:
+            changes = await _json_body(request)
+            if not isinstance(changes, dict) or set(changes) - {"null_batch_ids", "schema"}:
+                raise SandboxSetupError("expected an object with null_batch_ids and/or schema")
+            flag = changes.get("null_batch_ids", tenant.null_batch_ids)
+            schema = changes.get("schema")
+            if not isinstance(flag, bool) or not isinstance(schema, dict | None):
+                raise SandboxSetupError("null_batch_ids is true or false; schema an object")
+            if schema is not None:
+                tenant.change_schema(**schema)
+            tenant.null_batch_ids = flag
+        except (SandboxSetupError, ValueError, TypeError) as error:
+            return _bad_request(str(error))
+        names = sorted(tenant.schema.names)
+        return JSONResponse({"null_batch_ids": tenant.null_batch_ids, "properties": names})
+
     async def stats(request: Request) -> Response:
         tenant = tenant_or_404(request)
         if isinstance(tenant, JSONResponse):
@@ -1691,6 +1942,7 @@ def _control_routes(state: DynamicsSandboxState) -> list[Route]:
     return [
         Route(f"{prefix}/provision", provision, methods=["POST"]),
         Route(f"{prefix}/tenants/{{tenant}}/faults", set_faults, methods=["POST"]),
+        Route(f"{prefix}/tenants/{{tenant}}/options", options, methods=["POST"]),
         Route(f"{prefix}/tenants/{{tenant}}/stats", stats, methods=["GET"]),
         Route(f"{prefix}/tenants/{{tenant}}/revoke-tokens", revoke, methods=["POST"]),
         Route(f"{company}/ledger", ledger, methods=["GET"]),

@@ -1,15 +1,33 @@
 """Xledger sandbox: a local fake of Xledger's GraphQL API at ``POST /graphql``.
 
-Why: the adapter, the demo and the tests need an Xledger that behaves like the real one as far
-as public facts go (``Authorization: token …``, Relay paging, errors as HTTP 200 with a top-level
-``code``, at most 500 inputs per ``addGLImportItems``, no deduplication of ``extIdentifier``),
-plus switches for the failures that matter to exactly-once export: 5xx, burst limits, dropped
-connections and a commit whose answer never arrives. Queries run through graphql-core against a
-schema built from SDL, so malformed queries fail the way a real GraphQL server fails them.
+Why: the adapter, the demo and the tests need an Xledger that refuses what the real one refuses
+as far as public facts go (``../shared/specs/xledger/FINDINGS.md``): ``Authorization: token …``,
+Relay paging by each edge's cursor, at most 500 inputs per ``addGLImportItems``, no
+deduplication of ``extIdentifier``, errors as HTTP 200 whose only codes are the documented ones,
+and a staged import. Its ``AddGLImportItemsInput`` is generated from Xledger's introspected
+metadata (:mod:`integration_hub.sandbox.xledger_schema`), not written by hand, and a company can
+be given a changed schema to test the adapter's schema check. Queries run through graphql-core
+against that schema, so malformed queries fail as a real GraphQL server fails them, and
+introspection works as it does at Xledger for a token holder.
 
-Each API token is one company (tenant) with its own chart of accounts, employees, ledger of GL
-import items and fault switches. ``/_sandbox/...`` control endpoints (no auth) let a separate
-process set this up; in-process callers use :class:`XledgerSandboxState` directly.
+What a voucher needs, as every public example sends it: a voucher type
+(``transactionSource { code }`` or ``dbId``) and a voucher number (``trRegNumber``); lines are
+grouped into vouchers by the two (Xledger's GL02b file import keys a voucher the same way),
+never by ``extIdentifier``. An input without them, a bad amount, date or text, or a voucher that
+does not balance is refused at once, with an error that points at the input (``clientId`` and
+an index in ``path``) and carries no invented code. What needs the company's data is found at
+"import", right after the items are staged, as Xledger does it later: an unknown or
+non-posting account, an unknown employee subledger or a closed period becomes a
+``glImportItemErrors`` row (``transactionDbId`` = the item's ``dbId``; our assumption) and the
+voucher is not imported; an imported voucher becomes ``journalEntries``.
+
+Plus switches for the failures that matter to exactly-once export: 5xx, burst, concurrency and
+credit limits, dropped connections and a commit whose answer never arrives.
+
+Each API token is one company (tenant) with its own chart of accounts, employees, import items,
+import errors, journal, fault switches and (optionally) schema changes. ``/_sandbox/...``
+control endpoints (no auth) let a separate process set this up; in-process callers use
+:class:`XledgerSandboxState` directly.
 """
 
 from __future__ import annotations
@@ -28,16 +46,16 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from graphql import (
+    FieldNode,
     GraphQLError,
     GraphQLResolveInfo,
-    GraphQLSchema,
     OperationType,
-    build_schema,
     execute_sync,
     parse,
     validate,
 )
 from graphql.execution import ExecutionContext
+from graphql.execution.values import get_argument_values
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -46,6 +64,7 @@ from starlette.types import Receive, Scope, Send
 
 from integration_hub.sandbox.faults import FaultSwitches
 from integration_hub.sandbox.server import drop_connection, hang
+from integration_hub.sandbox.xledger_schema import SchemaChanges, build_xledger_schema
 
 MAX_INPUTS_PER_MUTATION = 500
 DEFAULT_PAGE_SIZE = 100
@@ -53,59 +72,18 @@ MAX_PAGE_SIZE = 1000
 TEXT_MAX_LENGTH = 255
 CENT = Decimal("0.01")
 
-UNAUTHENTICATED = "UNAUTHENTICATED"
-INVALID_QUERY = "BAD_REQUEST.INVALID_QUERY"
-INVALID_ARGUMENT = "BAD_REQUEST.INVALID_ARGUMENT"
 BURST_RATE_LIMIT = "BAD_REQUEST.BURST_RATE_LIMIT_REACHED"
+CONCURRENCY_LIMIT = "BAD_REQUEST.CONCURRENCY_LIMIT_REACHED"
 INSUFFICIENT_CREDITS = "BAD_REQUEST.INSUFFICIENT_CREDITS"
-TOO_MANY_INPUTS = "BAD_REQUEST.TOO_MANY_INPUTS"
-INVALID_ACCOUNT = "BAD_REQUEST.INVALID_ACCOUNT"
-INVALID_SUBLEDGER = "BAD_REQUEST.INVALID_SUBLEDGER"
-INVALID_AMOUNT = "BAD_REQUEST.INVALID_AMOUNT"
-INVALID_DATE = "BAD_REQUEST.INVALID_DATE"
-PERIOD_CLOSED = "BAD_REQUEST.PERIOD_CLOSED"
-INVALID_TEXT = "BAD_REQUEST.INVALID_TEXT"
-UNBALANCED_VOUCHER = "BAD_REQUEST.UNBALANCED_VOUCHER"
-VOUCHER_REJECTED = "BAD_REQUEST.VOUCHER_REJECTED"
-INTERNAL_ERROR = "INTERNAL_SERVER_ERROR"
-SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+DOCUMENTED_CODES = (BURST_RATE_LIMIT, CONCURRENCY_LIMIT, INSUFFICIENT_CREDITS)
+"""The only error codes the sandbox answers: the ones Xledger's own sample documents
+(graphql-samples, commit f8da6a3). Every other error is a message (and a path) without one."""
 
 UNAUTHENTICATED_MESSAGE = "Invalid or missing API token"
-
-SCHEMA_SDL = """
-type Query {
-  accounts(first: Int, after: String): AccountConnection!
-  employees(first: Int, after: String): EmployeeConnection!
-  glImportItems(first: Int, after: String, filter: GLImportItemFilter): GLImportItemConnection!
-}
-type Mutation { addGLImportItems(inputs: [AddGLImportItemsInput!]!): AddGLImportItemsPayload }
-type PageInfo { hasNextPage: Boolean!  hasPreviousPage: Boolean!  endCursor: String }
-type Account { dbId: Int!  code: String!  description: String  posting: Boolean! }
-type AccountEdge { cursor: String!  node: Account! }
-type AccountConnection { edges: [AccountEdge!]!  pageInfo: PageInfo! }
-type Employee { dbId: Int!  code: String!  description: String  email: String }
-type EmployeeEdge { cursor: String!  node: Employee! }
-type EmployeeConnection { edges: [EmployeeEdge!]!  pageInfo: PageInfo! }
-type ObjectRef { dbId: Int  code: String  description: String }
-type GLImportItem {
-  dbId: Int!  extIdentifier: String  invoiceNumber: String  text: String  amount: String!
-  postedDate: String  account: ObjectRef  subledger: ObjectRef  glObject1: ObjectRef
-  createdAt: String!
-}
-type GLImportItemEdge { cursor: String!  node: GLImportItem! }
-type GLImportItemConnection { edges: [GLImportItemEdge!]!  pageInfo: PageInfo! }
-input GLImportItemFilter { extIdentifier_in: [String!] }
-input ObjectRefInput { dbId: Int  code: String }
-input GLImportItemNodeInput {
-  postedDate: String!  account: ObjectRefInput!  amount: String!  text: String
-  extIdentifier: String  invoiceNumber: String  invoiceDate: String  subledger: ObjectRefInput
-  glObject1: ObjectRefInput  currency: ObjectRefInput  transactionSource: ObjectRefInput
-  trRegNumber: String  yourReference: String
-}
-input AddGLImportItemsInput { clientId: String!  node: GLImportItemNodeInput! }
-type AddGLImportItemEdge { clientId: String!  node: GLImportItem! }
-type AddGLImportItemsPayload { edges: [AddGLImportItemEdge!]! }
-"""
+VOUCHER_NUMBER_DIGITS = 8
+"""GL02b's voucher number: digits, at most 8."""
+ERROR_LEVEL = {"dbId": 1, "code": "ERROR", "name": "Error", "dbSubId": 1, "definitionId": 1}
+"""The import errors' level (the sandbox's own values; the field names are the metadata's)."""
 
 DEFAULT_CHART: tuple[tuple[str, str, bool], ...] = (
     ("1500", "Kundefordringer", True),
@@ -147,9 +125,9 @@ class CompanyExists(ValueError):
 
 
 class SandboxError(Exception):
-    """An error the sandbox reports with an Xledger-style ``code``."""
+    """An error the sandbox reports: a message, and a ``code`` only when Xledger documents one."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -167,6 +145,7 @@ class Faults:
     latency_ms: int = 0
     fail_5xx: int = 0
     burst_limit: int = 0
+    concurrency_limit: int = 0
     insufficient_credits: int = 0
     drop_connection: int = 0
     commit_then_timeout: int = 0
@@ -175,7 +154,13 @@ class Faults:
     burst_per_second: int | None = None
 
 
-REQUEST_FAULTS = ("fail_5xx", "drop_connection", "burst_limit", "insufficient_credits")
+REQUEST_FAULTS = (
+    "fail_5xx",
+    "drop_connection",
+    "burst_limit",
+    "concurrency_limit",
+    "insufficient_credits",
+)
 """Whole-request faults, in the order they are checked; at most one fires per request."""
 
 MUTATION_FAULTS = ("commit_then_timeout", "commit_then_drop")
@@ -217,7 +202,8 @@ def _reference(entry: Mapping[str, Any], kind: str, next_id: Callable[[], int]) 
 
 
 class Company:
-    """One tenant: chart, employees, ledger, counters and faults. Guarded by the state's lock."""
+    """One tenant: chart, employees, import items, import errors, journal, counters, faults and
+    its schema. Guarded by the state's lock."""
 
     def __init__(
         self,
@@ -226,10 +212,20 @@ class Company:
         accounts: Iterable[Mapping[str, Any]],
         employees: Iterable[Mapping[str, Any]],
         closed_before: date | None,
+        schema_changes: SchemaChanges | None = None,
+        keep_imported_items: bool = True,
     ) -> None:
         self.token = token
         self.closed_before = closed_before
+        self.schema_changes = schema_changes or SchemaChanges()
+        self.schema = build_xledger_schema(self.schema_changes)
+        self.keep_imported_items = keep_imported_items
+        """False: ``glImportItems`` stops listing items once they are imported (whether Xledger
+        keeps them is not public), so only ``journalEntries`` still show them."""
         self.ledger: list[dict[str, Any]] = []
+        """Every GL import item staged, in order (imported or not): what was sent."""
+        self.import_errors: list[dict[str, Any]] = []
+        self.journal: list[dict[str, Any]] = []
         self.requests = 0
         self.mutations = 0
         self._lock = lock
@@ -239,6 +235,9 @@ class Company:
         self._accounts: dict[str, dict[str, Any]] = {}
         self._employees: dict[str, dict[str, Any]] = {}
         self._next_item_id = 1
+        self._next_error_id = 1
+        self._next_entry_id = 1
+        self._next_header_id = 1
         self.set_accounts(accounts)
         self.add_employees(employees)
 
@@ -319,11 +318,24 @@ class Company:
         with self._lock:
             return [dict(item) for item in self.ledger]
 
+    def import_errors_snapshot(self) -> list[dict[str, Any]]:
+        """Copies of the import errors (what ``glImportItemErrors`` lists)."""
+        with self._lock:
+            return [dict(e) for e in self.import_errors]
+
+    def journal_snapshot(self) -> list[dict[str, Any]]:
+        """Copies of the journal entries (what ``journalEntries`` lists)."""
+        with self._lock:
+            return [dict(e) for e in self.journal]
+
     def snapshot(self) -> dict[str, Any]:
-        """Ledger and counters read together (what ``GET /_sandbox/.../ledger`` returns)."""
+        """Items, import errors, journal and counters read together (what
+        ``GET /_sandbox/.../ledger`` returns)."""
         with self._lock:
             return {
                 "items": self.ledger_snapshot(),
+                "import_errors": self.import_errors_snapshot(),
+                "journal": self.journal_snapshot(),
                 "requests": self.requests,
                 "mutations": self.mutations,
             }
@@ -331,133 +343,157 @@ class Company:
     def post_gl_import_items(
         self, inputs: list[Mapping[str, Any]]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Validate and commit inputs voucher by voucher (partial success, no deduplication).
+        """Stage inputs voucher by voucher (partial success, no deduplication), then import
+        each staged voucher.
 
-        Returns the committed ledger items (in input order) and one error per rejected input.
+        A voucher is the lines that share a voucher type and number. One whose input lacks
+        either, or has a bad line, or does not balance, is refused at once (an error per
+        input). The rest are staged as import items and imported: a voucher whose account,
+        subledger or period the company refuses gets an import error per such line and stays
+        staged; the others become journal entries. Returns the staged items (in input order)
+        and the refusals as ``{"index": input index, "message": why}``.
         """
         with self._lock:
             self.mutations += 1
-            if len(inputs) > MAX_INPUTS_PER_MUTATION:
-                raise SandboxError(
-                    TOO_MANY_INPUTS,
-                    f"At most {MAX_INPUTS_PER_MUTATION} inputs per request; got {len(inputs)}",
-                )
-            vouchers: dict[Any, list[int]] = {}
+            vouchers: dict[tuple[str, str], list[int]] = {}
+            problems: dict[int, str] = {}
+            lines: dict[int, dict[str, Any]] = {}
             for index, item in enumerate(inputs):
-                ext = item["node"].get("extIdentifier")
-                key = ext if isinstance(ext, str) and ext != "" else ("line", index)
-                vouchers.setdefault(key, []).append(index)
-
-            problems: dict[int, tuple[str, str]] = {}
-            resolved: dict[int, dict[str, Any]] = {}
-            for key, indexes in vouchers.items():
-                name = key if isinstance(key, str) else "without extIdentifier"
-                for index in indexes:
-                    line, problem = self._check_line(inputs[index]["node"])
-                    if problem is not None:
-                        problems[index] = problem
-                    else:
-                        resolved[index] = line
+                node = item.get("node")
+                voucher, problem = _voucher_of(node)
+                if voucher is not None:
+                    vouchers.setdefault(voucher, []).append(index)
+                    line, problem = _check_line(node or {})
+                    if problem is None:
+                        lines[index] = line
+                if problem is not None:
+                    problems[index] = problem
+            for (kind, number), indexes in vouchers.items():
+                name = f"{kind} {number}"
                 failed = [i for i in indexes if i in problems]
                 if failed:
                     first = failed[0]
-                    reason = (
-                        f"Voucher {name} rejected: line {inputs[first]['clientId']} failed: "
-                        f"{problems[first][1]}"
-                    )
+                    reason = f"Voucher {name} rejected: {_shown(inputs, first)} failed"
                     for index in indexes:
-                        problems.setdefault(index, (VOUCHER_REJECTED, reason))
+                        problems.setdefault(index, reason)
                     continue
-                total = sum((resolved[i]["_amount"] for i in indexes), Decimal(0))
+                total = sum((lines[i]["_amount"] for i in indexes), Decimal(0))
                 if total != 0:
-                    message = f"Voucher {name} does not balance: its lines sum to {total}"
                     for index in indexes:
-                        problems[index] = (UNBALANCED_VOUCHER, message)
-
-            created_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-            committed: list[dict[str, Any]] = []
+                        problems[index] = (
+                            f"Voucher {name} does not balance: its lines sum to {total}"
+                        )
+            created_at = _now()
+            staged: dict[int, dict[str, Any]] = {}
             for index, item in enumerate(inputs):
                 if index in problems:
                     continue
-                line = resolved[index]
+                line = lines[index]
                 del line["_amount"]
-                record = {"dbId": self._next_item_id, "clientId": item["clientId"], **line}
-                record["createdAt"] = created_at
+                record = {"dbId": self._next_item_id, "clientId": item.get("clientId"), **line}
+                record["createdAt"] = record["modifiedAt"] = created_at
                 self._next_item_id += 1
                 self.ledger.append(record)
-                committed.append(dict(record))
-            errors = [
-                {"message": message, "code": code, "clientId": inputs[index]["clientId"]}
-                for index, (code, message) in sorted(problems.items())
-            ]
-            return committed, errors
+                staged[index] = record
+            for indexes in vouchers.values():
+                if all(i in staged for i in indexes):
+                    self._import([staged[i] for i in indexes], created_at)
+            errors = [{"index": index, "message": message} for index, message in problems.items()]
+            return [dict(staged[i]) for i in sorted(staged)], sorted(errors, key=_by_index)
 
-    def _check_line(self, node: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, str] | None]:
-        """Resolve one input node into a ledger line, or name its first problem."""
-        account, problem = self._resolve_account(node.get("account") or {})
-        if problem:
-            return {}, problem
-        employee: dict[str, Any] | None = None
-        subledger = node.get("subledger")
-        if subledger and (subledger.get("code") is not None or subledger.get("dbId") is not None):
-            employee = self._find(self._employees, subledger)
-            if employee is None:
-                shown = subledger.get("code") or f"dbId {subledger.get('dbId')}"
-                return {}, (INVALID_SUBLEDGER, f"Employee subledger {shown} does not exist")
-        amount, problem = _parse_amount(node.get("amount"))
-        if problem:
-            return {}, problem
-        posted = _parse_date(node.get("postedDate"))
-        if posted is None:
-            return {}, (INVALID_DATE, f"postedDate {node.get('postedDate')!r} is not YYYY-MM-DD")
-        if node.get("invoiceDate") is not None and _parse_date(node["invoiceDate"]) is None:
-            return {}, (INVALID_DATE, f"invoiceDate {node['invoiceDate']!r} is not YYYY-MM-DD")
-        if self.closed_before is not None and posted < self.closed_before:
-            return {}, (
-                PERIOD_CLOSED,
-                f"The period of postedDate {posted.isoformat()} is closed "
-                f"(closed before {self.closed_before.isoformat()})",
-            )
-        text = node.get("text")
-        if text is not None and len(text) > TEXT_MAX_LENGTH:
-            return {}, (
-                INVALID_TEXT,
-                f"text is {len(text)} characters long; at most {TEXT_MAX_LENGTH} are allowed",
-            )
-        line = _flatten(node)
-        line.update(
-            {
-                "extIdentifier": node.get("extIdentifier"),
-                "account_dbId": account["dbId"],
-                "account_code": account["code"],
-                "account_description": account["description"],
-                "subledger_dbId": employee["dbId"] if employee else None,
-                "subledger_code": employee["code"] if employee else None,
-                "subledger_description": employee["description"] if employee else None,
-                "amount": str(amount.quantize(CENT)),
-                "text": text,
-                "postedDate": posted.isoformat(),
-                "invoiceNumber": node.get("invoiceNumber"),
-                "_amount": amount,
+    def delete_import_items(self, ext_identifier: str) -> int:
+        """What an accountant does in Xledger's GL import to lines that failed their import:
+        delete them (and so their errors). Returns how many items went."""
+        with self._lock:
+            gone = {
+                i["dbId"]
+                for i in self.ledger
+                if i.get("extIdentifier") == ext_identifier and not i.get("imported")
             }
-        )
-        return line, None
+            self.ledger = [i for i in self.ledger if i["dbId"] not in gone]
+            self.import_errors = [e for e in self.import_errors if e["transactionDbId"] not in gone]
+            return len(gone)
 
-    def _resolve_account(
-        self, ref: Mapping[str, Any]
-    ) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    def _import(self, items: list[dict[str, Any]], at: str) -> None:
+        """Import one staged voucher: errors for what the company refuses, else the journal."""
+        refusals = [(item, self._import_problem(item)) for item in items]
+        if any(problem for _, problem in refusals):
+            for item, problem in refusals:
+                if problem:
+                    self.import_errors.append(
+                        {
+                            "dbId": self._next_error_id,
+                            "createdAt": at,
+                            "ownerDbId": 1,
+                            "errorLevelDbId": ERROR_LEVEL["dbId"],
+                            "transactionDbId": item["dbId"],
+                            "message": problem,
+                            "errorLevel": dict(ERROR_LEVEL),
+                            "owner": {"dbId": 1},
+                        }
+                    )
+                    self._next_error_id += 1
+            return
+        header = self._next_header_id
+        self._next_header_id += 1
+        for item in items:
+            account = self._find(self._accounts, _ref_of(item, "account")) or {}
+            employee = self._find(self._employees, _ref_of(item, "subledger"))
+            item["imported"] = True
+            self.journal.append(
+                {
+                    "dbId": str(self._next_entry_id),
+                    "_order": self._next_entry_id,
+                    "extIdentifier": item.get("extIdentifier"),
+                    "invoiceNumber": item.get("invoiceNumber"),
+                    "text": item.get("text"),
+                    "amount": item["amount"],
+                    "postedDate": item["postedDate"],
+                    "createdAt": at,
+                    "modifiedAt": at,
+                    "subledgerDbId": str(employee["dbId"]) if employee else None,
+                    "account": {"dbId": str(account.get("dbId"))},
+                    "transactionSource": {"code": item.get("transactionSource_code")},
+                    "transactionHeader": {
+                        "dbId": str(header),
+                        "transactionNumber": str(item["trRegNumber"]),
+                        "postedDate": item["postedDate"],
+                        "importedAt": at,
+                        "transactionSource": {"code": item.get("transactionSource_code")},
+                        "jobLevel": {"dbSubId": _text(item.get("jobLevel_dbSubId"))},
+                    },
+                }
+            )
+            self._next_entry_id += 1
+
+    def _import_problem(self, item: Mapping[str, Any]) -> str | None:
+        """What the company's data says against one staged line, or None."""
+        problem = self._account_problem(_ref_of(item, "account"))
+        if problem:
+            return problem
+        subledger = _ref_of(item, "subledger")
+        if subledger and self._find(self._employees, subledger) is None:
+            shown = subledger.get("code") or f"dbId {subledger.get('dbId')}"
+            return f"Employee subledger {shown} does not exist"
+        posted = date.fromisoformat(item["postedDate"])
+        if self.closed_before is not None and posted < self.closed_before:
+            return (
+                f"The period of postedDate {posted.isoformat()} is closed "
+                f"(closed before {self.closed_before.isoformat()})"
+            )
+        return None
+
+    def _account_problem(self, ref: Mapping[str, Any]) -> str | None:
         code, db_id = ref.get("code"), ref.get("dbId")
-        if code is None and db_id is None:
-            return {}, (INVALID_ACCOUNT, "Account is required (code or dbId)")
         account = self._find(self._accounts, ref)
         if account is None:
             if code is not None and db_id is not None and code in self._accounts:
-                return {}, (INVALID_ACCOUNT, f"Account {code} does not have dbId {db_id}")
+                return f"Account {code} does not have dbId {db_id}"
             shown = code if code is not None else f"with dbId {db_id}"
-            return {}, (INVALID_ACCOUNT, f"Account {shown} does not exist")
+            return f"Account {shown} does not exist"
         if not account["posting"]:
-            return {}, (INVALID_ACCOUNT, f"Account {account['code']} is not a posting account")
-        return account, None
+            return f"Account {account['code']} is not a posting account"
+        return None
 
     @staticmethod
     def _find(
@@ -473,30 +509,106 @@ class Company:
         return next((e for e in entries.values() if e["dbId"] == db_id), None)
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _by_index(error: Mapping[str, Any]) -> int:
+    return int(error["index"])
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _shown(inputs: list[Mapping[str, Any]], index: int) -> str:
+    client_id = inputs[index].get("clientId")
+    return f"line {client_id}" if client_id else f"input {index}"
+
+
+def _ref_of(item: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``account_code``/``account_dbId`` of a staged item back as ``{"code", "dbId"}``."""
+    return {part: item[f"{name}_{part}"] for part in ("code", "dbId") if item.get(f"{name}_{part}")}
+
+
+def _voucher_of(node: Any) -> tuple[tuple[str, str] | None, str | None]:
+    """(voucher type, voucher number) of an input node, or why there is none."""
+    if not isinstance(node, Mapping):
+        return None, "node is required"
+    source = node.get("transactionSource") or {}
+    kind = source.get("code") or (f"#{source['dbId']}" if source.get("dbId") is not None else None)
+    number = node.get("trRegNumber")
+    missing = [
+        what
+        for what, value in (
+            ("a voucher type (transactionSource with code or dbId)", kind),
+            ("a voucher number (trRegNumber)", number),
+        )
+        if value in (None, "")
+    ]
+    if missing:
+        return None, f"A GL import item needs {' and '.join(missing)}"
+    if not str(number).isdigit() or len(str(number)) > VOUCHER_NUMBER_DIGITS:
+        return None, (
+            f"trRegNumber {number!r} is not a voucher number (digits, at most "
+            f"{VOUCHER_NUMBER_DIGITS})"
+        )
+    return (str(kind), str(int(number))), None
+
+
+def _check_line(node: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """One input node as a staged line, or its first problem (what needs no company data)."""
+    account = node.get("account") or {}
+    if account.get("code") is None and account.get("dbId") is None:
+        return {}, "Account is required (code or dbId)"
+    amount, problem = _parse_amount(node.get("amount"))
+    if problem:
+        return {}, problem
+    posted = _parse_date(node.get("postedDate"))
+    if posted is None:
+        return {}, f"postedDate {node.get('postedDate')!r} is not YYYY-MM-DD"
+    if node.get("invoiceDate") is not None and _parse_date(node["invoiceDate"]) is None:
+        return {}, f"invoiceDate {node['invoiceDate']!r} is not YYYY-MM-DD"
+    text = node.get("text")
+    if text is not None and len(text) > TEXT_MAX_LENGTH:
+        return {}, f"text is {len(text)} characters long; at most {TEXT_MAX_LENGTH} are allowed"
+    line = _flatten(node)
+    line.update(
+        {
+            "amount": str(amount.quantize(CENT)),
+            "postedDate": posted.isoformat(),
+            "trRegNumber": int(node["trRegNumber"]),
+            "_amount": amount,
+        }
+    )
+    return line, None
+
+
 def _flatten(node: Mapping[str, Any]) -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a_b": 1}``: the naming the ledger items use (as Xledger's)."""
     flat: dict[str, Any] = {}
     for key, value in node.items():
         if isinstance(value, Mapping):
             for inner, inner_value in value.items():
-                flat[f"{key}_{inner}"] = inner_value
+                if inner_value is not None:
+                    flat[f"{key}_{inner}"] = inner_value
         elif value is not None:
             flat[key] = value
     return flat
 
 
-def _parse_amount(raw: Any) -> tuple[Decimal, tuple[str, str] | None]:
+def _parse_amount(raw: Any) -> tuple[Decimal, str | None]:
     if not isinstance(raw, str) or not _AMOUNT_RE.fullmatch(raw):
-        return Decimal(0), (INVALID_AMOUNT, f"Amount {raw!r} is not a decimal number")
+        return Decimal(0), f"Amount {raw!r} is not a decimal number"
     try:
         amount = Decimal(raw)
         exact = amount == amount.quantize(CENT)
     except InvalidOperation:
-        return Decimal(0), (INVALID_AMOUNT, f"Amount {raw!r} is out of range")
+        return Decimal(0), f"Amount {raw!r} is out of range"
     if not exact:
-        return Decimal(0), (INVALID_AMOUNT, f"Amount {raw} has more than 2 decimals")
+        return Decimal(0), f"Amount {raw} has more than 2 decimals"
     if amount == 0:
-        return Decimal(0), (INVALID_AMOUNT, "Amount must not be zero")
+        return Decimal(0), "Amount must not be zero"
     return amount, None
 
 
@@ -522,12 +634,23 @@ class XledgerSandboxState:
         accounts: list[dict[str, Any]] | None = None,
         employees: list[dict[str, Any]] | None = None,
         closed_before: date | None = None,
+        schema_changes: SchemaChanges | None = None,
+        keep_imported_items: bool = True,
     ) -> Company:
-        """Create a tenant reachable with ``Authorization: token <token>``."""
+        """Create a tenant reachable with ``Authorization: token <token>``; ``schema_changes``
+        gives it a drifted ``AddGLImportItemsInput``."""
         if not isinstance(token, str) or not token or any(c.isspace() for c in token):
             raise ValueError("token must be a non-empty string without spaces")
         chart = accounts if accounts is not None else default_accounts()
-        company = Company(token, self._lock, chart, employees or [], closed_before)
+        company = Company(
+            token,
+            self._lock,
+            chart,
+            employees or [],
+            closed_before,
+            schema_changes,
+            keep_imported_items,
+        )
         with self._lock:
             if token in self._companies:
                 raise CompanyExists(f"a company with token {token!r} already exists")
@@ -582,7 +705,7 @@ def _decode_cursor(kind: str, cursor: str) -> Any:
     except (ValueError, binascii.Error, UnicodeError):
         decoded = None
     if not (isinstance(decoded, list) and len(decoded) == 2 and decoded[0] == kind):
-        raise SandboxError(INVALID_ARGUMENT, f"Invalid cursor for {kind}: {cursor!r}")
+        raise SandboxError(f"Invalid cursor for {kind}: {cursor!r}")
     return decoded[1]
 
 
@@ -593,12 +716,12 @@ def _page(
     first: int | None,
     after: str | None,
 ) -> dict[str, Any]:
-    """Relay forward paging over ``nodes`` (sorted by ``key``); cursors carry the key."""
+    """Relay forward paging over ``nodes`` (sorted by ``key``); cursors carry the key. The
+    page info has what the public query templates ask for, and no end cursor: a client pages
+    with the last edge's ``cursor``."""
     size = DEFAULT_PAGE_SIZE if first is None else first
     if size < 0 or size > MAX_PAGE_SIZE:
-        raise SandboxError(
-            INVALID_ARGUMENT, f"first must be between 0 and {MAX_PAGE_SIZE}; got {size}"
-        )
+        raise SandboxError(f"first must be between 0 and {MAX_PAGE_SIZE}; got {size}")
     start = 0
     if after is not None:
         position = _decode_cursor(kind, after)
@@ -606,45 +729,66 @@ def _page(
         try:
             start = bisect.bisect_right(keys, position)
         except TypeError:
-            raise SandboxError(INVALID_ARGUMENT, f"Invalid cursor for {kind}") from None
+            raise SandboxError(f"Invalid cursor for {kind}") from None
     window = nodes[start : start + size]
     edges = [{"cursor": _encode_cursor(kind, n[key]), "node": n} for n in window]
     return {
         "edges": edges,
-        "pageInfo": {
-            "hasNextPage": start + size < len(nodes),
-            "hasPreviousPage": start > 0,
-            "endCursor": edges[-1]["cursor"] if edges else after,
-        },
+        "pageInfo": {"hasNextPage": start + size < len(nodes), "hasPreviousPage": start > 0},
     }
 
 
-def _ref(db_id: Any, code: Any, description: Any) -> dict[str, Any] | None:
-    if db_id is None and code is None:
-        return None
-    return {"dbId": db_id, "code": code, "description": description}
+def _since(raw: Any, name: str) -> datetime:
+    """A ``*_gte`` filter's time (ISO 8601, as the sandbox writes ``createdAt``)."""
+    try:
+        moment = datetime.fromisoformat(str(raw))
+    except ValueError:
+        raise SandboxError(f"{name} {raw!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _filtered(
+    nodes: list[dict[str, Any]], filter: Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Plain equality on each given field, and ``<field>_gte`` on times: the filter shapes
+    public clients use."""
+    for name, wanted in (filter or {}).items():
+        if wanted is None:
+            continue
+        if name.endswith("_gte"):
+            field = name.removesuffix("_gte")
+            since = _since(wanted, name)
+            nodes = [n for n in nodes if n.get(field) and _since(n[field], field) >= since]
+        else:
+            nodes = [n for n in nodes if n.get(name) == wanted]
+    return nodes
+
+
+def _ref(item: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    fields = ("dbId", "dbSubId", "code", "description")
+    found = {f: item.get(f"{name}_{f}") for f in fields if item.get(f"{name}_{f}") is not None}
+    return found or None
 
 
 def _gl_node(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A ledger item shaped as the GraphQL ``GLImportItem`` type."""
-    return {
-        "dbId": item["dbId"],
-        "extIdentifier": item.get("extIdentifier"),
-        "invoiceNumber": item.get("invoiceNumber"),
-        "text": item.get("text"),
-        "amount": item["amount"],
-        "postedDate": item.get("postedDate"),
-        "createdAt": item["createdAt"],
-        "account": _ref(
-            item.get("account_dbId"), item.get("account_code"), item.get("account_description")
-        ),
-        "subledger": _ref(
-            item.get("subledger_dbId"),
-            item.get("subledger_code"),
-            item.get("subledger_description"),
-        ),
-        "glObject1": _ref(item.get("glObject1_dbId"), item.get("glObject1_code"), None),
+    """A staged item shaped as the GraphQL ``GLImportItem`` type."""
+    node = {
+        name: item.get(name)
+        for name in (
+            "dbId",
+            "extIdentifier",
+            "invoiceNumber",
+            "text",
+            "amount",
+            "postedDate",
+            "trRegNumber",
+            "createdAt",
+            "modifiedAt",
+        )
     }
+    for name in ("account", "subledger", "glObject1", "transactionSource", "jobLevel"):
+        node[name] = _ref(item, name)
+    return node
 
 
 class _Root:
@@ -672,32 +816,54 @@ class _Root:
         filter: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         items = self.company.ledger_snapshot()
-        wanted = (filter or {}).get("extIdentifier_in")
-        if wanted is not None:
-            keys = set(wanted)
-            items = [i for i in items if i.get("extIdentifier") in keys]
-        return _page("glImportItems", [_gl_node(i) for i in items], "dbId", first, after)
+        if not self.company.keep_imported_items:
+            items = [i for i in items if not i.get("imported")]
+        nodes = _filtered([_gl_node(i) for i in items], filter)
+        return _page("glImportItems", nodes, "dbId", first, after)
+
+    def glImportItemErrors(  # the GraphQL field name
+        self,
+        info: GraphQLResolveInfo,
+        first: int | None = None,
+        after: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        errors = self.company.import_errors_snapshot()
+        return _page("glImportItemErrors", _filtered(errors, filter), "dbId", first, after)
+
+    def journalEntries(  # the GraphQL field name
+        self,
+        info: GraphQLResolveInfo,
+        first: int | None = None,
+        after: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        entries = self.company.journal_snapshot()
+        return _page("journalEntries", _filtered(entries, filter), "_order", first, after)
 
     def addGLImportItems(  # the GraphQL field name
         self, info: GraphQLResolveInfo, inputs: list[Mapping[str, Any]]
     ) -> dict[str, Any]:
-        committed, errors = self.company.post_gl_import_items(inputs)
-        path = info.path.as_list()
-        self.input_errors.extend({**error, "path": path} for error in errors)
-        return {"edges": [{"clientId": i["clientId"], "node": _gl_node(i)} for i in committed]}
+        staged, errors = self.company.post_gl_import_items(inputs)
+        name = info.path.key
+        for error in errors:
+            client_id = inputs[error["index"]].get("clientId")
+            shaped: dict[str, Any] = {"message": error["message"], "path": [name, error["index"]]}
+            if client_id:
+                shaped["clientId"] = client_id
+            self.input_errors.append(shaped)
+        return {"edges": [{"clientId": i.get("clientId"), "node": _gl_node(i)} for i in staged]}
 
 
-def _format_error(error: GraphQLError, code: str | None = None) -> dict[str, Any]:
-    """graphql-core error -> Xledger shape: ``code`` is a top-level key, not in extensions."""
+def _format_error(error: GraphQLError) -> dict[str, Any]:
+    """graphql-core error -> Xledger's shape: ``message``, ``locations``, ``path``, and a
+    top-level ``code`` only for the documented codes."""
+    formatted: dict[str, Any] = {"message": error.message}
     original = error.original_error
-    if code is None:
-        if isinstance(original, SandboxError):
-            code = original.code
-        elif original is None:
-            code = INVALID_QUERY
-        else:
-            code = INTERNAL_ERROR
-    formatted: dict[str, Any] = {"message": error.message, "code": code}
+    if error.path and original is not None and not isinstance(original, SandboxError):
+        formatted["message"] = "Internal server error"  # a resolver broke: no details
+    if isinstance(original, SandboxError) and original.code:
+        formatted["code"] = original.code
     if error.locations:
         formatted["locations"] = [
             {"line": loc.line, "column": loc.column} for loc in error.locations
@@ -707,8 +873,34 @@ def _format_error(error: GraphQLError, code: str | None = None) -> dict[str, Any
     return formatted
 
 
-def _error_body(message: str, code: str) -> dict[str, Any]:
+def _error_body(message: str, code: str | None = None) -> dict[str, Any]:
+    """A request-level error; nothing ran, so (as the GraphQL spec has it) no ``data``."""
+    error: dict[str, Any] = {"message": message}
+    if code:
+        error["code"] = code
+    return {"errors": [error]}
+
+
+def _limit_body(message: str, code: str) -> dict[str, Any]:
+    """A documented limit, in the shape Xledger's sample reads (``errors[*].code``)."""
     return {"data": None, "errors": [{"message": message, "code": code}]}
+
+
+def _input_count(context: ExecutionContext) -> int:
+    """How many inputs an ``addGLImportItems`` mutation carries (0 when it has none)."""
+    mutation = context.schema.mutation_type
+    if mutation is None:
+        return 0
+    count = 0
+    for selection in context.operation.selection_set.selections:
+        if isinstance(selection, FieldNode) and selection.name.value == "addGLImportItems":
+            field = mutation.fields["addGLImportItems"]
+            try:
+                values = get_argument_values(field, selection, context.variable_values)
+            except GraphQLError:
+                continue  # execution reports it
+            count += len(values.get("inputs") or [])
+    return count
 
 
 @dataclass
@@ -724,16 +916,15 @@ class _Outcome:
 class _GraphQLEndpoint:
     """Raw ASGI app for ``POST /graphql``: raw so faults can hang or cut the connection."""
 
-    def __init__(self, state: XledgerSandboxState, schema: GraphQLSchema) -> None:
+    def __init__(self, state: XledgerSandboxState) -> None:
         self.state = state
-        self.schema = schema
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         raw = await request.body()
         company = self.state.find_company(_token(request.headers.get("authorization")))
         if company is None:
-            body = {"errors": [{"message": UNAUTHENTICATED_MESSAGE, "code": UNAUTHENTICATED}]}
+            body = _error_body(UNAUTHENTICATED_MESSAGE)
             await JSONResponse(body, status_code=401)(scope, receive, send)
             return
         fault = company.begin_request()
@@ -763,59 +954,56 @@ class _GraphQLEndpoint:
             await drop_connection(send, b'{"data": null, "errors": [{"message": "lost"}]}')
             return
         if fault == "fail_5xx":
-            body = {
-                "errors": [
-                    {"message": "Service temporarily unavailable", "code": SERVICE_UNAVAILABLE}
-                ]
-            }
+            body = _error_body("Service temporarily unavailable")
             await JSONResponse(body, status_code=503)(scope, receive, send)
             return
         if fault == "insufficient_credits":
-            body = _error_body("Insufficient credits", INSUFFICIENT_CREDITS)
+            body = _limit_body("Insufficient credits", INSUFFICIENT_CREDITS)
+        elif fault == "concurrency_limit":
+            body = _limit_body("Concurrency limit reached", CONCURRENCY_LIMIT)
         else:  # burst_limit or burst_per_second
-            body = _error_body("Burst rate limit reached", BURST_RATE_LIMIT)
+            body = _limit_body("Burst rate limit reached", BURST_RATE_LIMIT)
         await JSONResponse(body)(scope, receive, send)
 
     def _run(self, company: Company, raw: bytes) -> _Outcome:
         """Parse, validate and execute one GraphQL request for ``company``."""
+        schema = company.schema
         try:
             payload = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            return _Outcome(_error_body("The request body is not JSON", INVALID_QUERY), 400)
+            return _Outcome(_error_body("The request body is not JSON"), 400)
         if not isinstance(payload, dict):
-            return _Outcome(_error_body("The request body must be a JSON object", INVALID_QUERY))
+            return _Outcome(_error_body("The request body must be a JSON object"))
         query = payload.get("query")
         variables = payload.get("variables")
         operation_name = payload.get("operationName")
         if not isinstance(query, str) or not query.strip():
-            return _Outcome(_error_body("The request has no query", INVALID_QUERY))
+            return _Outcome(_error_body("The request has no query"))
         if variables is not None and not isinstance(variables, dict):
-            return _Outcome(_error_body("variables must be a JSON object", INVALID_QUERY))
+            return _Outcome(_error_body("variables must be a JSON object"))
         if operation_name is not None and not isinstance(operation_name, str):
-            return _Outcome(_error_body("operationName must be a string", INVALID_QUERY))
+            return _Outcome(_error_body("operationName must be a string"))
         try:
             document = parse(query)
         except GraphQLError as error:
-            return _Outcome({"data": None, "errors": [_format_error(error, INVALID_QUERY)]})
-        invalid = validate(self.schema, document)
+            return _Outcome({"errors": [_format_error(error)]})
+        invalid = validate(schema, document)
         if invalid:
-            return _Outcome(
-                {"data": None, "errors": [_format_error(e, INVALID_QUERY) for e in invalid]}
-            )
+            return _Outcome({"errors": [_format_error(e) for e in invalid]})
         root = _Root(company)
-        context = ExecutionContext.build(
-            self.schema, document, root, None, variables, operation_name
-        )
+        context = ExecutionContext.build(schema, document, root, None, variables, operation_name)
         if isinstance(context, list):  # bad variables or operation name
-            return _Outcome(
-                {"data": None, "errors": [_format_error(e, INVALID_QUERY) for e in context]}
-            )
+            return _Outcome({"errors": [_format_error(e) for e in context]})
         after_commit: str | None = None
         hang_seconds = 0.0
         if context.operation.operation == OperationType.MUTATION:
+            count = _input_count(context)
+            if count > MAX_INPUTS_PER_MUTATION:
+                message = f"At most {MAX_INPUTS_PER_MUTATION} inputs per request; got {count}"
+                return _Outcome(_error_body(message))
             after_commit, hang_seconds = company.take_mutation_fault()
         result = execute_sync(
-            self.schema,
+            schema,
             document,
             root_value=root,
             variable_values=variables,
@@ -869,11 +1057,16 @@ def _control_routes(state: XledgerSandboxState) -> list[Route]:
             if not isinstance(spec, dict):
                 raise ValueError("expected a JSON object with a token")
             closed = spec.get("closed_before")
+            keep = spec.get("keep_imported_items", True)
+            if not isinstance(keep, bool):
+                raise ValueError("keep_imported_items must be true or false")
             company = state.add_company(
                 spec.get("token"),
                 accounts=spec.get("accounts"),
                 employees=spec.get("employees"),
                 closed_before=None if closed is None else date.fromisoformat(closed),
+                schema_changes=SchemaChanges.from_json(spec.get("schema_changes")),
+                keep_imported_items=keep,
             )
         except CompanyExists as error:
             return JSONResponse({"error": str(error)}, status_code=409)
@@ -946,14 +1139,10 @@ def _control_routes(state: XledgerSandboxState) -> list[Route]:
     ]
 
 
-def build_xledger_schema() -> GraphQLSchema:
-    return build_schema(SCHEMA_SDL)
-
-
 def create_xledger_app(state: XledgerSandboxState | None = None) -> Starlette:
     """The sandbox ASGI app; its state is also at ``app.state.xledger``."""
     state = state if state is not None else XledgerSandboxState()
-    endpoint = _GraphQLEndpoint(state, build_xledger_schema())
+    endpoint = _GraphQLEndpoint(state)
     routes = [Route("/graphql", endpoint, methods=["POST"]), *_control_routes(state)]
     app = Starlette(routes=routes)
     app.state.xledger = state

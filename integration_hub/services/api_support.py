@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from integration_hub.adapters.base import AdapterError, ReferenceCode
+from integration_hub.adapters.dynamics import Choice
 from integration_hub.adapters.factory import IntegrationNotConfigured
 from integration_hub.adapters.registry import get_type
 from integration_hub.db import hub_session
@@ -28,6 +30,8 @@ from integration_hub.services import scheduler, wizard
 from integration_hub.services.configuration import Actor
 from integration_hub.services.errors import InvalidInput, NotFound, ServiceError
 from integration_hub.services.health import integration_health
+
+T = TypeVar("T")
 
 
 class TargetUnavailable(ServiceError):
@@ -82,18 +86,34 @@ def integration_view(row: Integration, actor: Actor) -> dict[str, Any]:
     }
 
 
-def reference_codes(row: Integration, actor: Actor) -> list[ReferenceCode]:
-    """The target's codes to pick from; a target that cannot be asked says why."""
+def _asking(row: Integration, what: str, ask: Callable[[], T]) -> T:
+    """``ask`` the target; one not configured yet, or not answering, says why."""
     try:
-        return config.reference_codes(row, actor)
+        return ask()
     except IntegrationNotConfigured as exc:
         raise TargetUnavailable(str(exc)) from None
     except AdapterError as exc:
         raise TargetUnavailable(
-            f"{get_type(row.type_key).display_name} could not be asked for its codes: {exc}"
+            f"{get_type(row.type_key).display_name} could not be asked for {what}: {exc}"
         ) from None
+
+
+def reference_codes(row: Integration, actor: Actor) -> list[ReferenceCode]:
+    """The target's codes to pick from; a target that cannot be asked says why."""
+    try:
+        return _asking(row, "its codes", lambda: config.reference_codes(row, actor))
     except NotImplementedError:
         raise NotFound(f"{get_type(row.type_key).display_name} has no codes to pick from") from None
+
+
+def companies(row: Integration, actor: Actor) -> list[Choice]:
+    """The target's companies to pick ``company_id`` from (Business Central)."""
+    return _asking(row, "its companies", lambda: config.list_companies(row, actor))
+
+
+def journals(row: Integration, actor: Actor, company_id: str | None = None) -> list[Choice]:
+    """A company's journal batches to pick ``journal_id`` from (Business Central)."""
+    return _asking(row, "its journals", lambda: config.list_journals(row, actor, company_id))
 
 
 def read_mapping(document: Any) -> MappingDocument:

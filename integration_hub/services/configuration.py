@@ -6,15 +6,17 @@ organisation's integrations (tenancy is enforced here, not in routes).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import SecretStr, ValidationError
 from sqlmodel import Session, select
 
 from integration_hub.adapters.base import Adapter, ConnectionResult, ReferenceCode
+from integration_hub.adapters.dynamics import Choice
 from integration_hub.adapters.endpoints import (
     EndpointRefused,
     binding,
@@ -370,6 +372,52 @@ def reference_codes(integration_row: Integration, actor: Actor) -> list[Referenc
     with uses_logged_only():
         adapter = open_adapter(integration_row, actor, "read reference codes")
     return cached_reference_codes(adapter, integration_row)
+
+
+# -- what the target offers to choose (Business Central: companies, journals) -------------------
+def list_companies(integration_row: Integration, actor: Actor) -> list[Choice]:
+    """The target's companies, so an admin picks ``company_id`` from a list once the
+    credentials work instead of pasting a GUID. A read: the credentials' use is logged only."""
+    return _choices(integration_row, actor, "companies", lambda lists: lists.companies())
+
+
+def list_journals(
+    integration_row: Integration, actor: Actor, company_id: str | None = None
+) -> list[Choice]:
+    """A company's journal batches (the saved company unless ``company_id`` names one), each
+    with why the hub cannot use it as it is, so an admin picks ``journal_id``."""
+    return _choices(
+        integration_row, actor, "journals", lambda lists: lists.journals(company_id or None)
+    )
+
+
+@runtime_checkable
+class _OffersChoices(Protocol):
+    """An adapter whose target has companies and journals to pick (Business Central)."""
+
+    def companies(self) -> list[Choice]: ...
+
+    def journals(self, company_id: str | None = None) -> list[Choice]: ...
+
+
+def _choices(
+    integration_row: Integration,
+    actor: Actor,
+    what: str,
+    ask: Callable[[_OffersChoices], list[Choice]],
+) -> list[Choice]:
+    """``ask`` the integration's adapter; a type whose target has nothing of the kind to
+    choose (Xledger, Bufdir) offers an empty list, its credentials never opened."""
+    actor.check(integration_row.organisation_id)
+    if not issubclass(integration_type(integration_row.type_key), _OffersChoices):
+        return []
+    with uses_logged_only():
+        adapter = open_adapter(integration_row, actor, f"list {what}")
+    with adapter:
+        try:
+            return ask(cast(_OffersChoices, adapter))
+        except ValueError as exc:  # a company id that is not a GUID
+            raise InvalidInput(str(exc)) from None
 
 
 # -- field mappings ----------------------------------------------------------------------------

@@ -9,7 +9,12 @@ answer into the error tree of :mod:`integration_hub.adapters.base`. What the eng
   after the target's settle time (``Adapter.settle_s``), by a later run, because a commit can
   land after the client gave up; found ones are exported by that run, absent ones sent again;
 * ``RunAbort`` (refused before processing, nothing more can succeed): release and stop;
-* a record the target refused is failed with its reason and never retried as is.
+* a record the target refused is failed with its reason and never retried as is;
+* a target whose import is staged (``Adapter.import_is_staged``: Xledger accepts GL import
+  items, then imports them) is asked once per run, after the last request, which accepted
+  records its import refused (``Adapter.check_imports``). Only the others are exported. A
+  refused record is failed with the target's reason and its ledger row becomes ``refused``: it
+  is at the target, so the next run looks it up (and asks again) instead of sending it again.
 """
 
 from __future__ import annotations
@@ -79,6 +84,9 @@ class LoadReport:
     requests: int = 0
     aborted: str | None = None
     reconciled: int = 0
+    accepted: dict[str, tuple[PendingRecord, str]] = field(default_factory=dict)
+    """Staged import only: key -> (ledger row, target reference) of records the target took
+    whose import this run has not checked yet; emptied by the check."""
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.outcomes, columns=OUTCOME_COLUMNS)
@@ -111,20 +119,34 @@ class LoadReport:
                 }
             )
 
-    def add_pending(self, rows: list[PendingRecord], references: Mapping[str, str]) -> None:
-        """Exported outcomes for ledger rows this run confirmed at the target."""
+    def add_pending(
+        self,
+        rows: list[PendingRecord],
+        references: Mapping[str, str],
+        status: OutcomeStatus = OutcomeStatus.EXPORTED,
+        reason: str | None = None,
+    ) -> None:
+        """Outcomes for ledger rows: by default exported, as this run confirmed them."""
         for row in rows:
             self.outcomes.append(
                 {
                     "record_id": row.record_id,
                     "record_version": row.record_version,
                     "idempotency_key": row.idempotency_key,
-                    "status": OutcomeStatus.EXPORTED.value,
-                    "reason": None,
+                    "status": status.value,
+                    "reason": reason,
                     "target_reference": references.get(row.idempotency_key),
                     "amount_ore": row.amount_ore,
                 }
             )
+
+
+def pending_rows(records: pd.DataFrame) -> list[PendingRecord]:
+    """Ledger rows for a :func:`records_of` frame."""
+    return [
+        PendingRecord(r.idempotency_key, int(r.record_id), int(r.record_version), int(r.amount_ore))
+        for r in records.itertuples(index=False)
+    ]
 
 
 def records_of(lines: pd.DataFrame) -> pd.DataFrame:
@@ -195,7 +217,8 @@ class Settled:
     """Earlier pending rows after :func:`settle_pending`."""
 
     confirmed: dict[str, str] = field(default_factory=dict)
-    """key -> target reference: found at the target now, exported by this run."""
+    """key -> target reference: found at the target now, exported by this run (for a staged
+    import: once its import check cleared them)."""
     rows: list[PendingRecord] = field(default_factory=list)
     """The ledger rows of ``confirmed`` (record, version, amount) for their outcomes."""
     waiting: dict[str, datetime] = field(default_factory=dict)
@@ -227,7 +250,8 @@ def settle_pending(
     found = read_with_retry(
         adapter, policy, functools.partial(adapter.lookup, keys), before_request
     )
-    ledger.confirm(found, run_id)
+    if not adapter.import_is_staged:  # staged: confirmed once the import check cleared them
+        ledger.confirm(found, run_id)
     ledger.release([key for key in keys if key not in found])
     settled.confirmed = found
     settled.rows = [row for row in due if row.idempotency_key in found]
@@ -274,11 +298,42 @@ def load_lines(
             report.add(records_of(lines), OutcomeStatus.FAILED, f"not sent: {report.aborted}")
         report.requests = adapter.requests_sent
         return report
-    report.add_pending(settled.rows, settled.confirmed)
+    accept(adapter, ledger, report, settled.rows, settled.confirmed, run_id)
     report.reconciled = len(settled.confirmed)
-    if lines.empty:
-        report.requests = adapter.requests_sent
-        return report
+    if not lines.empty:
+        _send_lines(
+            adapter,
+            lines,
+            settled,
+            ledger=ledger,
+            run_id=run_id,
+            policy=policy,
+            report=report,
+            progress=progress,
+            before_request=before_request,
+            clock=clock,
+        )
+    check_imports(
+        adapter, ledger, report, policy, run_id=run_id, before_request=before_request, clock=clock
+    )
+    report.requests = adapter.requests_sent
+    return report
+
+
+def _send_lines(
+    adapter: Adapter,
+    lines: pd.DataFrame,
+    settled: Settled,
+    *,
+    ledger: Ledger,
+    run_id: int | None,
+    policy: RetryPolicy,
+    report: LoadReport,
+    progress: Callable[[int, int], None] | None,
+    before_request: Hook,
+    clock: Clock,
+) -> None:
+    """Send what is neither settled nor waiting nor exported already, request by request."""
     lines = lines[~lines["idempotency_key"].isin(list(settled.confirmed))]
     waiting = lines["idempotency_key"].isin(list(settled.waiting))
     if waiting.any():
@@ -328,8 +383,73 @@ def load_lines(
         if progress:
             progress(sent, total)
         log.debug("chunk %s/%s sent", index + 1, len(chunks))
-    report.requests = adapter.requests_sent
-    return report
+
+
+def accept(
+    adapter: Adapter,
+    ledger: Ledger,
+    report: LoadReport,
+    rows: list[PendingRecord],
+    references: Mapping[str, str],
+    run_id: int | None,
+) -> None:
+    """Records the target took (answered or found): exported now, or, for a staged import,
+    kept pending until :func:`check_imports` has asked about them."""
+    if not references:
+        return
+    if adapter.import_is_staged:
+        for row in rows:
+            report.accepted[row.idempotency_key] = (row, references[row.idempotency_key])
+        return
+    ledger.confirm(dict(references), run_id)
+    report.add_pending(rows, references)
+
+
+def check_imports(
+    adapter: Adapter,
+    ledger: Ledger,
+    report: LoadReport,
+    policy: RetryPolicy,
+    *,
+    run_id: int | None,
+    before_request: Hook = None,
+    clock: Clock = utcnow,
+) -> None:
+    """One question per run, after the last request: which accepted records did the target's
+    import refuse? Those fail with its reason and are marked refused (they are at the target:
+    the next run looks them up instead of sending them); the rest are exported. If the question
+    cannot be asked, all of them wait to be confirmed by the next run."""
+    accepted, report.accepted = report.accepted, {}
+    if not accepted:
+        return
+    references = {key: reference for key, (_row, reference) in accepted.items()}
+    try:
+        results = read_with_retry(
+            adapter,
+            policy,
+            functools.partial(adapter.check_imports, references),
+            before_request,
+        )
+    except AdapterError as exc:
+        now = clock()
+        ledger.mark_unknown(list(accepted), now)
+        reason = waiting_reason(
+            adapter.display_name, f"its import could not be checked: {exc}", now
+        )
+        for row, _reference in accepted.values():
+            report.add_pending([row], {}, OutcomeStatus.WAITING, reason)
+        return
+    refused = {
+        r.idempotency_key: r.reason or f"{adapter.display_name} could not import it"
+        for r in results
+        if r.status is RecordStatus.REJECTED and r.idempotency_key in accepted
+    }
+    imported = {key: ref for key, ref in references.items() if key not in refused}
+    ledger.confirm(imported, run_id)
+    report.add_pending([accepted[key][0] for key in imported], imported)
+    ledger.mark_refused(list(refused))
+    for key, reason in refused.items():
+        report.add_pending([accepted[key][0]], {}, OutcomeStatus.FAILED, reason)
 
 
 def _send_chunk(
@@ -347,16 +467,7 @@ def _send_chunk(
     clear answer (the records then wait to be confirmed)."""
     records = records_of(chunk)
     in_flight_until = clock() + timedelta(seconds=adapter.read_timeout_s + adapter.settle_s)
-    ledger.mark_pending(
-        [
-            PendingRecord(
-                r.idempotency_key, int(r.record_id), int(r.record_version), int(r.amount_ore)
-            )
-            for r in records.itertuples(index=False)
-        ],
-        run_id,
-        settle_after=in_flight_until,
-    )
+    ledger.mark_pending(pending_rows(records), run_id, settle_after=in_flight_until)
     remaining = chunk
     attempt = 0
     while not remaining.empty:
@@ -390,9 +501,8 @@ def _send_chunk(
                     report.aborted = str(lookup_exc)
                 return False
             if found:
-                ledger.confirm(found, run_id)
                 confirmed = remaining[remaining["idempotency_key"].isin(list(found))]
-                report.add(records_of(confirmed), OutcomeStatus.EXPORTED, None, found)
+                accept(adapter, ledger, report, pending_rows(records_of(confirmed)), found, run_id)
                 report.reconciled += len(found)
                 remaining = remaining[~remaining["idempotency_key"].isin(list(found))]
             if remaining.empty:
@@ -423,10 +533,9 @@ def _send_chunk(
             for r in result.results
             if r.status is RecordStatus.REJECTED
         }
-        ledger.confirm(exported, run_id)
         ledger.release(list(rejected))
         by_key = records_of(remaining).set_index("idempotency_key", drop=False)
-        report.add(by_key.loc[list(exported)], OutcomeStatus.EXPORTED, None, exported)
+        accept(adapter, ledger, report, pending_rows(by_key.loc[list(exported)]), exported, run_id)
         report.add(by_key.loc[list(rejected)], OutcomeStatus.FAILED, rejected)
         return True
     return True

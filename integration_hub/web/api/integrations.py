@@ -1,9 +1,12 @@
 """Organisations and their integrations: the dashboard, setting one up, its credentials, its
-connection test and its status."""
+connection test, the companies and journals to choose from (Business Central) and its status."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
 
 from integration_hub.models import IntegrationStatus
 from integration_hub.services import alerts, api_support, overview
@@ -19,6 +22,7 @@ from integration_hub.web.api.common import (
 )
 from integration_hub.web.api.me import OrganisationOut
 from integration_hub.web.api.models import (
+    ChoiceOut,
     ConnectionTestOut,
     CredentialFormOut,
     CredentialsIn,
@@ -122,7 +126,37 @@ def connection_test(
         status=result.status.value,
         detail=i18n.translate(result.detail, language_of(request)),
         elapsed_ms=result.elapsed_ms,
+        warnings=[i18n.translate(w, language_of(request)) for w in result.warnings],
     )
+
+
+@router.get(
+    f"{BASE}/companies",
+    response_model=list[ChoiceOut],
+    responses=CHANGE_ERRORS,
+    tags=["setup"],
+    summary="The target's companies to choose company_id from (Business Central)",
+)
+def companies(row: CurrentIntegration, actor: ApiActor) -> list[ChoiceOut]:
+    return [ChoiceOut(**asdict(c)) for c in api_support.companies(row, actor)]
+
+
+@router.get(
+    f"{BASE}/journals",
+    response_model=list[ChoiceOut],
+    responses=CHANGE_ERRORS,
+    tags=["setup"],
+    summary="A company's journal batches to choose journal_id from (Business Central)",
+)
+def journals(
+    row: CurrentIntegration,
+    actor: ApiActor,
+    company_id: Annotated[
+        str | None,
+        Query(description="The company (a GUID); the saved one when left out", max_length=36),
+    ] = None,
+) -> list[ChoiceOut]:
+    return [ChoiceOut(**asdict(c)) for c in api_support.journals(row, actor, company_id)]
 
 
 @router.put(

@@ -109,12 +109,26 @@ class ConnectionTestOut(BaseModel):
     )
     detail: str = Field(description="A reason a person understands")
     elapsed_ms: int = Field(ge=0)
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Where the target's own schema differs from what the hub sends, with what "
+        "to do (shown before saving; exports stop while an error among them remains)",
+    )
 
 
 class StatusIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal["active", "paused"]
+
+
+class ChoiceOut(BaseModel):
+    """A company or journal to pick instead of pasting its GUID (Business Central)."""
+
+    id: str = Field(description="Save it as company_id or journal_id")
+    name: str
+    code: str = Field(description="A journal's code; empty for a company")
+    note: str = Field(description="Why the hub cannot use it as it is; empty when it can")
 
 
 # -- mapping -----------------------------------------------------------------------------------

@@ -46,21 +46,36 @@ FIELD_TEXT: dict[str, tuple[str, str]] = {
     "client_id": ("Client id", "The application (client) id you were given."),
     "client_secret": ("Client secret", "The secret that belongs to the client id."),
     "environment": ("Environment", "The Business Central environment, usually production."),
-    "company_id": ("Company id", "The company's id (a GUID) in Business Central."),
+    "company_id": (
+        "Company id",
+        "The company's id (a GUID) in Business Central. Leave it empty at first: the connection "
+        "test then names the companies the credentials reach.",
+    ),
     "journal_id": (
         "Journal id",
         "The general journal batch by its id (a GUID); or give the journal code instead.",
     ),
-    "journal_code": ("Journal code", "The general journal batch by its code."),
-    "balancing_account_number": (
-        "Balancing account number",
-        "Optional: credit every claim to this account instead of the volunteer's own account.",
+    "journal_code": (
+        "Journal code",
+        "The general journal batch by its code. Leave it empty at first: once the company is "
+        "saved, the connection test lists its journals by code.",
     ),
     "token_url": (
         "Sign-in service address (URL)",
         "Where access tokens are asked for; normally https://login.microsoftonline.com.",
     ),
     "app": ("Altinn app", "The app that receives the reports, written as org/app."),
+    "voucher_type": (
+        "Voucher type",
+        "The voucher type Xledger books the claims as (transactionSource); GL unless your "
+        "accountant uses another one.",
+    ),
+    "job_level": ("Job level", "Xledger's job level for the vouchers (jobLevel); usually 1."),
+    "voucher_number_start": (
+        "Voucher number series start",
+        "Claim number N becomes voucher number start + N, at most 8 digits; choose a range "
+        "your accountant keeps free for these vouchers.",
+    ),
 }
 """Each configuration field's label and hint (English source text; bokmål in setup.yaml)."""
 
@@ -116,6 +131,7 @@ def connection_result(result: ConnectionResult | None, row: Integration) -> dict
             "detail": result.detail,
             "elapsed_s": round(result.elapsed_ms / 1000, 1),
             "at": None,
+            "warnings": list(result.warnings),
         }
     if row.last_test_status is None:
         return None
@@ -125,6 +141,7 @@ def connection_result(result: ConnectionResult | None, row: Integration) -> dict
         "detail": row.last_test_detail or "",
         "elapsed_s": None,
         "at": row.last_test_at,
+        "warnings": [],  # shown when a test runs, not stored: the export checks again
     }
 
 

@@ -32,6 +32,17 @@ function fillSlots(node, answer, labels) {
     const seconds = (Math.max(0, Number(answer.elapsed_ms) || 0) / 1000).toFixed(1);
     elapsed.textContent = (elapsed.dataset.text || "").replace("{seconds}", seconds);
   }
+  // What the target's schema says differs from what the hub sends: shown, never a failure.
+  const warnings = node.querySelector('[data-slot="warnings"]');
+  const list = warnings && warnings.querySelector("ul");
+  if (list && Array.isArray(answer.warnings) && answer.warnings.length) {
+    for (const text of answer.warnings) {
+      const item = document.createElement("li");
+      item.textContent = String(text);
+      list.appendChild(item);
+    }
+    warnings.hidden = false;
+  }
 }
 
 function setUpConnectionTest(section) {
