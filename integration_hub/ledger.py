@@ -207,6 +207,3 @@ class Ledger:
                 PendingRecord(key, int(record_id), int(version), int(amount or 0), settle)
                 for key, record_id, version, amount, settle in rows
             ]
-
-    def pending_keys(self) -> list[str]:
-        return [row.idempotency_key for row in self.pending()]

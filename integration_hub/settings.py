@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated
 
@@ -94,9 +94,20 @@ class Settings(BaseSettings):
         """The operator's own settings under ``var/`` (read by every command)."""
         return self.var_dir / "operator.toml"
 
+    @property
+    def env_allowed_hosts(self) -> list[str]:
+        """The entries of ``INTEGRATIONS_ALLOWED_HOSTS``."""
+        return [e.strip() for e in (self.allowed_hosts or "").split(",") if e.strip()]
+
+    @cached_property
+    def stored_allowed_hosts(self) -> list[str]:
+        """The entries of ``var/operator.toml``, read once per settings object: the allow-list
+        is consulted on every new connection, and :func:`write_operator_file` resets the
+        settings, so a change made by this process is seen at once."""
+        return read_operator_file(self.operator_file).get("allowed_hosts", [])
+
     def allowed_host_entries(self) -> list[str]:
-        entries = [e.strip() for e in (self.allowed_hosts or "").split(",") if e.strip()]
-        return entries + read_operator_file(self.operator_file).get("allowed_hosts", [])
+        return self.env_allowed_hosts + self.stored_allowed_hosts
 
     @property
     def hub_url(self) -> str:

@@ -12,7 +12,7 @@ import ipaddress
 from integration_hub.db import hub_session
 from integration_hub.services.configuration import Actor, audit
 from integration_hub.services.errors import Forbidden, InvalidInput
-from integration_hub.settings import get_settings, read_operator_file, write_operator_file
+from integration_hub.settings import get_settings, write_operator_file
 
 _HOST_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-.")
 
@@ -39,14 +39,12 @@ def _require_local(actor: Actor) -> None:
 
 
 def stored_hosts() -> list[str]:
-    return read_operator_file(get_settings().operator_file).get("allowed_hosts", [])
+    return list(get_settings().stored_allowed_hosts)
 
 
 def allowed_hosts() -> tuple[list[str], list[str]]:
     """(stored in var/operator.toml, from INTEGRATIONS_ALLOWED_HOSTS)."""
-    settings = get_settings()
-    from_env = [e.strip() for e in (settings.allowed_hosts or "").split(",") if e.strip()]
-    return stored_hosts(), from_env
+    return stored_hosts(), get_settings().env_allowed_hosts
 
 
 def allow(entry: str, actor: Actor) -> list[str]:

@@ -436,8 +436,8 @@ def check_imports(
         reason = waiting_reason(
             adapter.display_name, f"its import could not be checked: {exc}", now
         )
-        for row, _reference in accepted.values():
-            report.add_pending([row], {}, OutcomeStatus.WAITING, reason)
+        rows = [row for row, _reference in accepted.values()]
+        report.add_pending(rows, {}, OutcomeStatus.WAITING, reason)
         return
     refused = {
         r.idempotency_key: r.reason or f"{adapter.display_name} could not import it"
