@@ -124,7 +124,9 @@ def build_hub(sandbox: Any, sandbox_url: str) -> dict[str, str]:
     return tokens
 
 
-def shoot(base_url: str, sandbox_url: str, tokens: dict[str, str], out: Path) -> list[Path]:
+def shoot(
+    base_url: str, sandbox_url: str, tokens: dict[str, str], out: Path, bc: dict[str, str]
+) -> list[Path]:
     from playwright.sync_api import expect, sync_playwright
 
     made: list[Path] = []
@@ -201,6 +203,24 @@ def shoot(base_url: str, sandbox_url: str, tokens: dict[str, str], out: Path) ->
         page.wait_for_url("**/setup/exclusions")
         page.get_by_label("Parking").check()
         snap("exclusions")
+
+        # HLF: Business Central, the company and the journal picked from lists.
+        page.goto("/orgs/hlf/integrations/dynamics/setup")
+        page.get_by_label("Tenant (Microsoft Entra directory)").fill(bc["tenant_id"])
+        page.get_by_label("Client id").fill(bc["client_id"])
+        page.get_by_label("Client secret").fill(bc["client_secret"])
+        page.get_by_label("Service address (URL)", exact=True).fill(bc["url"])
+        page.get_by_label("Sign-in service address (URL)").fill(bc["url"])
+        page.get_by_role("button", name="Save and continue").click()
+        page.wait_for_url("**/setup/test")
+        page.goto("/orgs/hlf/integrations/dynamics/setup/credentials")
+        page.get_by_label("Company id").select_option(bc["company_id"])
+        page.get_by_role("button", name="Save and continue").click()
+        page.wait_for_url("**/setup/test")
+        page.goto("/orgs/hlf/integrations/dynamics/setup/credentials")
+        expect(page.get_by_label("Journal id")).to_be_visible()
+        page.get_by_label("Journal id").focus()
+        snap("wizard-pick-journal", full_page=True)
         browser.close()
     return made
 
@@ -229,16 +249,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         isolate(tmp)
         from integration_hub.prefect_env import configure_prefect
+        from integration_hub.sandbox.dynamics import DynamicsSandboxState, create_dynamics_app
         from integration_hub.sandbox.server import start_server
         from integration_hub.sandbox.xledger import XledgerSandboxState, create_xledger_app
         from integration_hub.web.app import create_app
 
         configure_prefect()
         sandbox = XledgerSandboxState()
-        with start_server(create_xledger_app(sandbox)) as xledger:
+        business_central = DynamicsSandboxState()
+        with (
+            start_server(create_xledger_app(sandbox)) as xledger,
+            start_server(create_dynamics_app(business_central)) as dynamics,
+        ):
             tokens = build_hub(sandbox, xledger.url)
+            tenant = business_central.provision(company_name="HLF Hørselshemmedes Landsforbund")
+            business_central.add_tenant(tenant.tenant_id).add_environment(
+                tenant.environment
+            ).add_company("HLF Testselskap")
+            bc = {**tenant.settings(dynamics.url), "url": dynamics.url}
             with start_server(create_app()) as web:
-                made = shoot(web.url, xledger.url, tokens, out)
+                made = shoot(web.url, xledger.url, tokens, out, bc)
         print(f"{len(made)} screenshots in {out}")
         return 0
     finally:

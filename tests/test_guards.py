@@ -14,15 +14,16 @@ from factories import claims_frame
 from pydantic import SecretStr
 
 from integration_hub.adapters.base import (
-    Adapter,
     BatchResult,
     ConnectionResult,
     ConnectionStatus,
     IntegrationConfig,
+    RecordAdapter,
     RecordResult,
     RecordStatus,
     ReferenceCode,
     RunAbort,
+    secret,
 )
 from integration_hub.db import hub_session
 from integration_hub.ledger import Ledger
@@ -158,13 +159,15 @@ def test_pacer_sleeps_until_its_slot(hub_env: str) -> None:
     )
 
 
-class CountingTarget(Adapter):
+class CountingTarget(RecordAdapter):
     """Stores every record; counts requests. Enough to see the hook run once per request."""
 
     key = "counting"
     display_name = "Counting"
     config_model = type(
-        "CountingConfig", (IntegrationConfig,), {"__annotations__": {"t": SecretStr}}
+        "CountingConfig",
+        (IntegrationConfig,),
+        {"__annotations__": {"t": SecretStr}, "t": secret(label="Token")},
     )
     max_lines_per_request = 4
 

@@ -16,17 +16,18 @@ from factories import claims_frame
 from pydantic import SecretStr
 
 from integration_hub.adapters.base import (
-    Adapter,
     BatchResult,
     ConnectionResult,
     ConnectionStatus,
     IntegrationConfig,
     OutcomeUnknown,
+    RecordAdapter,
     RecordResult,
     RecordStatus,
     ReferenceCode,
     RunAbort,
     TransientError,
+    secret,
 )
 from integration_hub.db import hub_session
 from integration_hub.ledger import Ledger
@@ -42,10 +43,10 @@ from integration_hub.tasks.load import (
 
 
 class FakeConfig(IntegrationConfig):
-    token: SecretStr
+    token: SecretStr = secret(label="Token")
 
 
-class ScriptedTarget(Adapter):
+class ScriptedTarget(RecordAdapter):
     """Faults per request, in order: ok, transient, commit-then-unknown, unknown, abort."""
 
     key = "fake"

@@ -689,6 +689,7 @@ SETUP_TEMPLATES = [
 
 
 def test_every_text_of_the_setup_screens_has_a_bokmal_translation() -> None:
+    from integration_hub.adapters import all_types
     from integration_hub.web import i18n
     from integration_hub.web.pages import credentials, exclusions, wizard
 
@@ -698,7 +699,13 @@ def test_every_text_of_the_setup_screens_has_a_bokmal_translation() -> None:
         for found in literal.finditer((TEMPLATES / name).read_text(encoding="utf-8")):
             texts.add(found.group(1) if found.group(1) is not None else found.group(2))
     texts |= set(wizard.STEP_LABELS.values()) | set(credentials.CONNECTION_STATUS_TEXT.values())
-    texts |= {text for pair in credentials.FIELD_TEXT.values() for text in pair}
+    texts |= {
+        text
+        for adapter_type in all_types()
+        for name in adapter_type.config_model.model_fields
+        for text in adapter_type.config_model.field_text(name)
+        if text
+    }
     texts |= {credentials.SECRET_SET_HINT, credentials.SECRET_UNSET_HINT}
     texts |= set(exclusions.CATEGORY_TEXT.values()) | set(exclusions.CATEGORY_HINTS.values())
     texts |= set(exclusions.ACTIVITY_TYPE_TEXT.values())

@@ -1,13 +1,22 @@
 """The adapter protocol every integration type implements.
 
-An integration type is one class: it declares its key, its typed configuration (secret fields
-are ``SecretStr``: that one flag decides what goes to the vault, what is masked and what is
-redacted), the target fields a mapping can fill, and four operations: ``check_connection``,
-``reference_codes``, ``load`` and ``lookup``; two more have defaults: ``check_schema`` (what the
-target's own schema says about what we send) and ``check_imports`` (for a target that imports
-what it accepted later, such as Xledger). The generic load engine in
-:mod:`integration_hub.tasks.load` drives ``load``/``lookup``/``check_imports`` and keeps the export
-ledger, so an adapter only speaks its target's protocol.
+An integration type is one class, and every fact about the type lives on it or on its
+configuration model: its key and name, its rate limit, its service's own hosts, the data
+categories an organisation may leave out, and each configuration field's label, help text and
+secret flag (declared once with :func:`setting` and :func:`secret`, singer-sdk style; the secret
+flag decides what goes to the vault, what is masked and what is redacted). Pages, the REST API,
+the CLI and the pacing read them from the registry, so a new type is one new module.
+
+Three kinds of work, three small contracts (a type implements only what its target does)::
+
+    Adapter              checking a target: configuration, ``probe`` (the connection test),
+    |                    ``check_schema`` (the target's own schema against what we send),
+    |                    ``choices`` (e.g. Business Central's companies, to pick from a list)
+    +-- RecordAdapter    writing records: ``reference_codes``, ``load``, ``lookup`` and
+    |                    ``check_imports`` (a target that imports what it accepted later,
+    |                    such as Xledger); the generic load engine in
+    |                    :mod:`integration_hub.tasks.load` drives them and keeps the ledger
+    +-- ReportAdapter    submitting one aggregated report per period: ``submit_report``
 """
 
 from __future__ import annotations
@@ -23,7 +32,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 
 import httpx
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_core import PydanticUndefined
 
 from integration_hub.adapters.endpoints import guarded_transport
 from integration_hub.settings import get_settings
@@ -38,16 +48,56 @@ TARGET_TEXT_LIMIT = 1000
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+def setting(default: Any = PydanticUndefined, *, label: str, help: str = "", **rules: Any) -> Any:
+    """A configuration field that is not secret: stored in the settings column, shown as typed.
+    ``label`` and ``help`` are what the forms and the CLI show (English source text, translated
+    by the web app's catalogue); ``rules`` are pydantic's constraints (``min_length``...)."""
+    return Field(
+        default, title=label, description=help, json_schema_extra={"secret": False}, **rules
+    )
+
+
+def secret(default: Any = PydanticUndefined, *, label: str, help: str = "") -> Any:
+    """A secret configuration field (annotated ``SecretStr``, or ``SecretStr | None`` with
+    ``default=None``): stored only in the vault, shown only as its mask, redacted from
+    everything the adapter lets out."""
+    return Field(default, title=label, description=help, json_schema_extra={"secret": True})
+
+
+def _holds_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())
+
+
 class IntegrationConfig(BaseModel):
-    """Typed configuration of one integration type. ``SecretStr`` fields live in the vault."""
+    """Typed configuration of one integration type; every field declared with :func:`setting`
+    or :func:`secret`, so its secret flag is explicit and its form text lives beside it."""
 
     model_config = ConfigDict(hide_input_in_errors=True, extra="forbid", frozen=True)
 
     @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """A field without an explicit flag, or a ``SecretStr`` not flagged secret (a
+        ``SecretStr | None`` once was, and its mask was stored as the setting), stops the
+        class at import, not an admin's secret at runtime."""
+        super().__pydantic_init_subclass__(**kwargs)
+        for name, info in cls.model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            if "secret" not in extra or not info.title:
+                raise TypeError(f"{cls.__name__}.{name}: declare it with setting() or secret()")
+            if bool(extra["secret"]) != _holds_secret(info.annotation):
+                raise TypeError(
+                    f"{cls.__name__}.{name}: secret() is for SecretStr fields, and only them"
+                )
+
+    @classmethod
     def secret_fields(cls) -> tuple[str, ...]:
-        return tuple(
-            name for name, info in cls.model_fields.items() if info.annotation is SecretStr
-        )
+        return tuple(name for name, info in cls.model_fields.items() if _is_secret(info))
+
+    @classmethod
+    def field_text(cls, name: str) -> tuple[str, str]:
+        """A field's label and help text (English source text); the name for an unknown one."""
+        info = cls.model_fields.get(name)
+        return (info.title or name, info.description or "") if info else (name, "")
 
     @classmethod
     def setting_fields(cls) -> tuple[str, ...]:
@@ -58,12 +108,55 @@ class IntegrationConfig(BaseModel):
         return self.model_dump(mode="json", include=set(self.setting_fields()))
 
     def secrets(self) -> dict[str, str]:
-        """The secret part in plaintext: only for the vault's ``store``."""
-        return {name: getattr(self, name).get_secret_value() for name in self.secret_fields()}
+        """The secret part in plaintext: only for the vault's ``store`` (an optional secret
+        left out is absent)."""
+        values = {name: getattr(self, name) for name in self.secret_fields()}
+        return {name: value.get_secret_value() for name, value in values.items() if value}
 
     def secret_values(self) -> list[str]:
         """Values to scrub from any text that might leave the adapter."""
         return [value for value in self.secrets().values() if value]
+
+
+def _is_secret(info: Any) -> bool:
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return bool(extra.get("secret"))
+
+
+def endpoint_setting(
+    default: str,
+    *,
+    label: str = "Service address (URL)",
+    help: str = "Where the service answers. Keep the suggested address unless your supplier "
+    "gave you another one.",
+) -> Any:
+    """An endpoint field (annotate it :data:`~integration_hub.adapters.endpoints.EndpointUrl`)."""
+    return setting(default, label=label, help=help)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``requests`` requests per ``per_s`` seconds to one target host, across every run
+    (kept by :mod:`integration_hub.tasks.pacing`)."""
+
+    requests: int
+    per_s: float = 1.0
+
+    @property
+    def interval_us(self) -> int:
+        return max(1, int(self.per_s * 1_000_000 / self.requests))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Something the target offers to pick for a configuration field (a Business Central
+    company or journal), so that an admin picks from a list instead of pasting a GUID."""
+
+    id: str
+    name: str
+    code: str = ""
+    note: str = ""
+    """Why it cannot be used as it is ("" when it can)."""
 
 
 class ConnectionStatus(StrEnum):
@@ -309,21 +402,23 @@ def _cleaning(method: Callable[..., Any]) -> Callable[..., Any]:
     return cleaned
 
 
+_CLEANED = ("load", "lookup", "reference_codes", "check_imports", "check_schema", "choices")
+
+
 class Adapter(ABC):
-    """One integration type. Subclasses set the class variables and implement the operations."""
+    """Checking one integration type's target. Subclasses set the class variables and implement
+    :meth:`probe`; a type that writes records or submits reports extends
+    :class:`RecordAdapter` or :class:`ReportAdapter` instead."""
 
     key: ClassVar[str]
     display_name: ClassVar[str]
     config_model: ClassVar[type[IntegrationConfig]]
     record_type: ClassVar[str] = "expense_claim"
-    target_fields: ClassVar[tuple[TargetField, ...]] = ()
     default_mapping: ClassVar[str | None] = None
-    """File name of the mapping template under ``integration_hub/mappings/``."""
-    runs_on_schedule: ClassVar[bool] = True
+    """File name of the mapping template under ``integration_hub/mappings/``; None for a type
+    that maps no fields."""
+    runs_on_schedule: ClassVar[bool] = False
     """Whether the hub exports on a schedule (Bufdir is reported per closed period instead)."""
-    max_lines_per_request: ClassVar[int] = 100
-    text_max_length: ClassVar[int] = 250
-    reference_label: ClassVar[str] = "account"
     exclusion_choices: ClassVar[tuple[str, ...]] = (
         "mileage",
         "travel",
@@ -334,11 +429,11 @@ class Adapter(ABC):
     )
     """The data categories an organisation may opt out of (default: the claim categories,
     :class:`integration_hub.models.ClaimCategory`)."""
-
-    import_is_staged: ClassVar[bool] = False
-    """True when the target answers a write before it has checked and booked it (Xledger's GL
-    import). The load engine then confirms accepted records only after :meth:`check_imports`
-    said none of them failed, once per run."""
+    rate_limit: ClassVar[RateLimit] = RateLimit(5, 1.0)
+    """Requests to one target host, kept across every run (:mod:`integration_hub.tasks.pacing`);
+    a cautious default for a target that publishes no number."""
+    choice_fields: ClassVar[tuple[str, ...]] = ()
+    """Configuration fields whose values the target lists for an admin to pick (:meth:`choices`)."""
 
     vendor_hosts: ClassVar[tuple[str, ...]] = ()
     """The service's own hosts: endpoints may point there over https without an operator's
@@ -347,12 +442,6 @@ class Adapter(ABC):
     read_timeout_s: float = 30.0
     """Default wait for an answer; an operator overrides it per type
     (``INTEGRATIONS_TARGETS__<TYPE>__READ_TIMEOUT_SECONDS``)."""
-    settle_s: float = 600.0
-    """How long records whose request got no clear answer wait before they are looked up at the
-    target (``INTEGRATIONS_TARGETS__<TYPE>__SETTLE_SECONDS``). A lookup right after a timeout
-    cannot see a commit the target makes later, and re-sending then books the claim twice. No
-    target publishes how late a commit can land; ten minutes is our assumption, long against
-    the seconds a request takes, and the next nightly run settles whatever is left."""
 
     def __init__(
         self, config: IntegrationConfig, *, transport: httpx.BaseTransport | None = None
@@ -366,8 +455,6 @@ class Adapter(ABC):
         target = get_settings().target(self.key)
         if target.read_timeout_seconds is not None:
             self.read_timeout_s = target.read_timeout_seconds
-        if target.settle_seconds is not None:
-            self.settle_s = target.settle_seconds
 
     @property
     def http(self) -> httpx.Client:
@@ -406,12 +493,12 @@ class Adapter(ABC):
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Every adapter's ``load``, ``lookup``, ``reference_codes``, ``check_imports`` and
-        ``check_schema`` pass :meth:`clean` at the boundary, once: an error message, a record's
-        reason or a schema's field name may echo a header (the token) or anything else the far
-        end chose to say."""
+        """Every adapter's ``load``, ``lookup``, ``reference_codes``, ``check_imports``,
+        ``check_schema`` and ``choices`` pass :meth:`clean` at the boundary, once: an error
+        message, a record's reason or a schema's field name may echo a header (the token) or
+        anything else the far end chose to say."""
         super().__init_subclass__(**kwargs)
-        for name in ("load", "lookup", "reference_codes", "check_imports", "check_schema"):
+        for name in _CLEANED:
             method = cls.__dict__.get(name)
             if method is not None and not getattr(method, "_cleans", False):
                 setattr(cls, name, _cleaning(method))
@@ -487,6 +574,49 @@ class Adapter(ABC):
         on a Retry-After; a throttled answer is itself the result.
         """
 
+    def check_schema(self) -> list[SchemaDrift]:
+        """Compare what this adapter sends with the target's own schema (introspection,
+        ``$metadata``): fields we send that it lacks, changed types, required fields we do not
+        send, enum values it does not know. The default has nothing to compare."""
+        return []
+
+    def choices(self, field: str, within: str | None = None) -> list[Choice]:
+        """What the target offers for configuration field ``field`` (one of
+        :attr:`choice_fields`), read with the stored credentials; ``within`` names the choice
+        it depends on when not the configured one (a journal's company). The default offers
+        nothing."""
+        return []
+
+
+class RecordAdapter(Adapter):
+    """Writing records to a target: the generic load engine drives these operations and keeps
+    the export ledger, so an adapter only speaks its target's protocol."""
+
+    runs_on_schedule: ClassVar[bool] = True
+    target_fields: ClassVar[tuple[TargetField, ...]] = ()
+    """The fields a mapping fills."""
+    reference_label: ClassVar[str] = "account"
+    max_lines_per_request: ClassVar[int] = 100
+    text_max_length: ClassVar[int] = 250
+    import_is_staged: ClassVar[bool] = False
+    """True when the target answers a write before it has checked and booked it (Xledger's GL
+    import). The load engine then confirms accepted records only after :meth:`check_imports`
+    said none of them failed, once per run."""
+    settle_s: float = 600.0
+    """How long records whose request got no clear answer wait before they are looked up at the
+    target (``INTEGRATIONS_TARGETS__<TYPE>__SETTLE_SECONDS``). A lookup right after a timeout
+    cannot see a commit the target makes later, and re-sending then books the claim twice. No
+    target publishes how late a commit can land; ten minutes is our assumption, long against
+    the seconds a request takes, and the next nightly run settles whatever is left."""
+
+    def __init__(
+        self, config: IntegrationConfig, *, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        super().__init__(config, transport=transport)
+        settle = get_settings().target(self.key).settle_seconds
+        if settle is not None:
+            self.settle_s = settle
+
     @abstractmethod
     def reference_codes(self) -> list[ReferenceCode]:
         """Every code a mapping may use (e.g. the whole chart of accounts, all pages)."""
@@ -509,8 +639,11 @@ class Adapter(ABC):
         answers refuses nothing here."""
         return []
 
-    def check_schema(self) -> list[SchemaDrift]:
-        """Compare what this adapter sends with the target's own schema (introspection,
-        ``$metadata``): fields we send that it lacks, changed types, required fields we do not
-        send, enum values it does not know. The default has nothing to compare."""
-        return []
+
+class ReportAdapter(Adapter):
+    """Submitting one aggregated report per period (Bufdir): no records, no field mapping, no
+    schedule."""
+
+    @abstractmethod
+    def submit_report(self, org_number: str, csv_bytes: bytes, summary: str) -> Any:
+        """Deliver one period's report; answers what the target says of the submission."""

@@ -12,8 +12,8 @@ an Altinn-3-style instance API, run against :mod:`integration_hub.sandbox.bufdir
 4. ``PUT .../instances/{party}/{guid}/process/next`` to submit, and
    ``GET .../instances/{party}/{guid}`` for the status.
 
-The record-level protocol (``load``/``lookup``) does not fit an aggregated report: those raise
-``NotImplementedError`` and the Bufdir flow calls :meth:`BufdirAdapter.submit_report` directly.
+An aggregated report is not records: this is a :class:`ReportAdapter` (no ``load``, ``lookup`` or
+codes to map), and the Bufdir flow calls :meth:`BufdirAdapter.submit_report`.
 """
 
 from __future__ import annotations
@@ -21,26 +21,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import SecretStr, field_validator
 
 from integration_hub.adapters.base import (
-    Adapter,
-    BatchResult,
     ConnectionResult,
     ConnectionStatus,
     IntegrationConfig,
-    ReferenceCode,
+    ReportAdapter,
     RunAbort,
     TransientError,
+    endpoint_setting,
+    secret,
+    setting,
 )
 from integration_hub.adapters.endpoints import EndpointUrl
 from integration_hub.adapters.registry import register
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 DEFAULT_APP = "bufdir/tilskudd-aktivitetsrapport"
 EXCLUDE_DRAFT = "draft"
@@ -58,12 +56,18 @@ SCOPE = "altinn:instances.write"
 
 
 class BufdirConfig(IntegrationConfig):
-    base_url: EndpointUrl = "https://bufdir.apps.altinn.no"
+    base_url: EndpointUrl = endpoint_setting("https://bufdir.apps.altinn.no")
     """A stand-in: Bufdir publishes no API, so no host is the service's own
     (``BufdirAdapter.vendor_hosts`` is empty) and only an operator can allow one."""
-    app: str = DEFAULT_APP
-    client_id: str
-    client_secret: SecretStr
+    app: str = setting(
+        DEFAULT_APP,
+        label="Altinn app",
+        help="The app that receives the reports, written as org/app.",
+    )
+    client_id: str = setting(label="Client id", help="The application (client) id you were given.")
+    client_secret: SecretStr = secret(
+        label="Client secret", help="The secret that belongs to the client id."
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -91,12 +95,11 @@ class Submission:
 
 
 @register
-class BufdirAdapter(Adapter):
+class BufdirAdapter(ReportAdapter):
     key = "bufdir"
     display_name = "Bufdir (tilskuddsrapportering)"
     config_model = BufdirConfig
     record_type = "activity"
-    reference_label = "activity type"
     runs_on_schedule = False  # one report per closed period: `integrations report`
     exclusion_choices: ClassVar[tuple[str, ...]] = EXCLUSION_CHOICES
 
@@ -278,22 +281,6 @@ class BufdirAdapter(Adapter):
         return ConnectionResult(
             ConnectionStatus.UNEXPECTED_RESPONSE,
             f"{self.display_name} answered HTTP {meta.status_code}",
-        )
-
-    def reference_codes(self) -> list[ReferenceCode]:
-        """The report has no codes to map; nothing to check a mapping against."""
-        return []
-
-    def load(self, lines: pd.DataFrame) -> BatchResult:
-        raise NotImplementedError(
-            "Bufdir takes one aggregated report per period, not records: use "
-            "integration_hub.flows.bufdir_report.export_activities"
-        )
-
-    def lookup(self, keys: list[str]) -> dict[str, str]:
-        raise NotImplementedError(
-            "Bufdir reports are not looked up per record; the hub's run history keeps each "
-            "submission and its checksum"
         )
 
 

@@ -48,13 +48,15 @@ import httpx
 from pydantic import SecretStr, field_validator, model_validator
 
 from integration_hub.adapters.base import (
-    Adapter,
     Answer,
     BatchResult,
+    Choice,
     ConnectionResult,
     ConnectionStatus,
     IntegrationConfig,
     OutcomeUnknown,
+    RateLimit,
+    RecordAdapter,
     RecordResult,
     RecordStatus,
     ReferenceCode,
@@ -64,6 +66,9 @@ from integration_hub.adapters.base import (
     TransientError,
     classify_status,
     classify_transport_error,
+    endpoint_setting,
+    secret,
+    setting,
 )
 from integration_hub.adapters.endpoints import EndpointUrl
 from integration_hub.adapters.registry import register
@@ -195,16 +200,43 @@ class DynamicsConfig(IntegrationConfig):
     picks them from lists (:meth:`DynamicsAdapter.companies`, :meth:`DynamicsAdapter.journals`)
     instead of pasting GUIDs; until then the connection test lists what there is to choose."""
 
-    tenant_id: str
-    client_id: str
-    client_secret: SecretStr
-    environment: str = "production"
-    company_id: str | None = None
-    journal_id: str | None = None
+    tenant_id: str = setting(
+        label="Tenant (Microsoft Entra directory)",
+        help="A GUID, or a domain such as contoso.onmicrosoft.com.",
+    )
+    client_id: str = setting(label="Client id", help="The application (client) id you were given.")
+    client_secret: SecretStr = secret(
+        label="Client secret", help="The secret that belongs to the client id."
+    )
+    environment: str = setting(
+        "production",
+        label="Environment",
+        help="The Business Central environment, usually production.",
+    )
+    company_id: str | None = setting(
+        None,
+        label="Company id",
+        help="The company's id (a GUID) in Business Central. Leave it empty at first: once the "
+        "credentials are saved, pick the company from the list the page then offers.",
+    )
+    journal_id: str | None = setting(
+        None,
+        label="Journal id",
+        help="The general journal batch by its id (a GUID); or give the journal code instead.",
+    )
     """The general journal (batch) the lines go into, by id; or give ``journal_code``."""
-    journal_code: str | None = None
-    base_url: EndpointUrl = "https://api.businesscentral.dynamics.com"
-    token_url: EndpointUrl = "https://login.microsoftonline.com"
+    journal_code: str | None = setting(
+        None,
+        label="Journal code",
+        help="The general journal batch by its code. Leave it empty at first: once the company "
+        "is saved, pick the journal from the list the page then offers.",
+    )
+    base_url: EndpointUrl = endpoint_setting("https://api.businesscentral.dynamics.com")
+    token_url: EndpointUrl = endpoint_setting(
+        "https://login.microsoftonline.com",
+        label="Sign-in service address (URL)",
+        help="Where access tokens are asked for; normally https://login.microsoftonline.com.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -487,22 +519,15 @@ class EntraClientCredentials(httpx.Auth):
         )
 
 
-@dataclass(frozen=True)
-class Choice:
-    """A company or journal an admin picks from a list instead of pasting its GUID."""
-
-    id: str
-    name: str
-    code: str = ""
-    note: str = ""
-    """Why it cannot be used as it is ("" when it can)."""
-
-
 @register
-class DynamicsAdapter(Adapter):
+class DynamicsAdapter(RecordAdapter):
     key = "dynamics"
     display_name = "Microsoft Dynamics 365 Business Central"
     config_model = DynamicsConfig
+    rate_limit = RateLimit(6000, 300.0)
+    """6,000 requests per user or service principal in a five-minute sliding window
+    (Microsoft's operational limits for OData/API requests), i.e. one every 50 ms."""
+    choice_fields = ("company_id", "journal_id")
     record_type = "expense_claim"
     default_mapping = "dynamics_expense_claims.yaml"
     max_lines_per_request = MAX_BATCH_OPERATIONS
@@ -739,6 +764,15 @@ class DynamicsAdapter(Adapter):
         return (ours.scheme, ours.netloc) == (theirs.scheme, theirs.netloc)
 
     # -- companies and journals to choose from --------------------------------------------
+    def choices(self, field: str, within: str | None = None) -> list[Choice]:
+        """The companies for ``company_id``; a company's journals for ``journal_id`` (the
+        configured company unless ``within`` names one)."""
+        if field == "company_id":
+            return self.companies()
+        if field == "journal_id":
+            return self.journals(within)
+        return []
+
     def companies(self) -> list[Choice]:
         """The environment's companies, for an admin to pick ``company_id`` from."""
         return [

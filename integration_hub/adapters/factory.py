@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from integration_hub.adapters.base import Adapter, ReferenceCode, SchemaDrift
+from integration_hub.adapters.base import Adapter, RecordAdapter, ReferenceCode, SchemaDrift
 from integration_hub.adapters.endpoints import binding
 from integration_hub.adapters.registry import get_type
 from integration_hub.models import Integration
@@ -85,7 +85,7 @@ def _cached(kind: str, integration: Integration, max_age_s: float, fetch: Callab
 
 
 def cached_reference_codes(
-    adapter: Adapter, integration: Integration, *, max_age_s: float = REFERENCE_TTL_S
+    adapter: RecordAdapter, integration: Integration, *, max_age_s: float = REFERENCE_TTL_S
 ) -> list[ReferenceCode]:
     """The target's codes, fetched at most once per ``max_age_s`` per integration version."""
     return _cached("codes", integration, max_age_s, adapter.reference_codes)

@@ -27,16 +27,17 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from pydantic import Field, SecretStr
+from pydantic import SecretStr
 
 from integration_hub.adapters.base import (
-    Adapter,
     Answer,
     BatchResult,
     ConnectionResult,
     ConnectionStatus,
     IntegrationConfig,
     OutcomeUnknown,
+    RateLimit,
+    RecordAdapter,
     RecordResult,
     RecordStatus,
     ReferenceCode,
@@ -46,6 +47,9 @@ from integration_hub.adapters.base import (
     TransientError,
     classify_status,
     classify_transport_error,
+    endpoint_setting,
+    secret,
+    setting,
 )
 from integration_hub.adapters.endpoints import EndpointUrl
 from integration_hub.adapters.registry import register
@@ -107,14 +111,36 @@ CREDITS_MESSAGE = (
 
 
 class XledgerConfig(IntegrationConfig):
-    base_url: EndpointUrl = "https://www.xledger.net/graphql"
-    api_token: SecretStr
-    voucher_type: str = Field(default="GL", min_length=1, max_length=8, pattern=r"^\S+$")
+    base_url: EndpointUrl = endpoint_setting("https://www.xledger.net/graphql")
+    api_token: SecretStr = secret(
+        label="API token", help="An API token created in Xledger for this integration."
+    )
+    voucher_type: str = setting(
+        "GL",
+        label="Voucher type",
+        help="The voucher type Xledger books the claims as (transactionSource); GL unless your "
+        "accountant uses another one.",
+        min_length=1,
+        max_length=8,
+        pattern=r"^\S+$",
+    )
     """``transactionSource { code }``: the voucher type the tenant books claims as. "GL" as in
     Xledger's own example; GL02b allows 8 characters."""
-    job_level: int = Field(default=1, ge=0)
+    job_level: int = setting(
+        1,
+        label="Job level",
+        help="Xledger's job level for the vouchers (jobLevel); usually 1.",
+        ge=0,
+    )
     """``jobLevel { dbSubId }``, 1 as in Xledger's own example."""
-    voucher_number_start: int = Field(default=0, ge=0, lt=10**VOUCHER_NUMBER_DIGITS)
+    voucher_number_start: int = setting(
+        0,
+        label="Voucher number series start",
+        help="Claim number N becomes voucher number start + N, at most 8 digits; choose a range "
+        "your accountant keeps free for these vouchers.",
+        ge=0,
+        lt=10**VOUCHER_NUMBER_DIGITS,
+    )
     """The voucher number series: claim N becomes voucher ``voucher_number_start + N``."""
 
 
@@ -365,12 +391,16 @@ def compare_input(
 
 
 @register
-class XledgerAdapter(Adapter):
+class XledgerAdapter(RecordAdapter):
     key = "xledger"
     display_name = "Xledger"
     config_model = XledgerConfig
     record_type = "expense_claim"
     default_mapping = "xledger_expense_claims.yaml"
+    rate_limit = RateLimit(10, 1.0)
+    """Xledger publishes no number for its burst limit (``BURST_RATE_LIMIT_REACHED``); 10
+    requests a second of up to 500 lines each is far below what throttles a tenant in practice,
+    and a throttled request is retried anyway. Check against a real tenant."""
     max_lines_per_request = 500
     text_max_length = 255
     import_is_staged = True

@@ -28,7 +28,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from integration_hub.adapters.base import Adapter, AdapterError, RunAbort, SchemaDrift
+from integration_hub.adapters.base import (
+    Adapter,
+    AdapterError,
+    RecordAdapter,
+    RunAbort,
+    SchemaDrift,
+)
 from integration_hub.adapters.factory import (
     build_adapter,
     cached_reference_codes,
@@ -52,7 +58,7 @@ from integration_hub.tasks.load import (
     read_with_retry,
     records_of,
 )
-from integration_hub.tasks.pacing import Pacer, rate_limit_for, target_key
+from integration_hub.tasks.pacing import Pacer, target_key
 from integration_hub.tasks.record import (
     fail_run,
     finish_run,
@@ -68,11 +74,15 @@ RecordIds = list[tuple[int, int]]
 """(record id, version) pairs: the records a retry re-sends."""
 
 
-def _adapter(context: RunContext, purpose: str):  # type: ignore[no-untyped-def]
+def _adapter(context: RunContext, purpose: str) -> tuple[RecordAdapter, Integration]:
+    """The integration's adapter: the export pipeline only runs types that write records."""
     with hub_session() as session:
         integration = session.get(Integration, context.integration_id)
         assert integration is not None
-        return build_adapter(session, integration, purpose=purpose), integration
+        adapter = build_adapter(session, integration, purpose=purpose)
+    if not isinstance(adapter, RecordAdapter):
+        raise RunAbort(f"{adapter.display_name} takes reports, not exported records")
+    return adapter, integration
 
 
 @task(name="extract", **TASK_OPTIONS)
@@ -287,7 +297,7 @@ def _pacer(adapter: Adapter) -> Pacer:
     """Requests to this adapter's target host share one rate limit across all runs."""
     return Pacer(
         target_key(adapter.key, getattr(adapter.config, "base_url", None)),
-        rate_limit_for(adapter.key),
+        adapter.rate_limit,
     )
 
 

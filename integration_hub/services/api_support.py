@@ -12,8 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from integration_hub.adapters.base import AdapterError, ReferenceCode
-from integration_hub.adapters.dynamics import Choice
+from integration_hub.adapters.base import AdapterError, Choice, ReferenceCode
 from integration_hub.adapters.factory import IntegrationNotConfigured
 from integration_hub.adapters.registry import get_type
 from integration_hub.db import hub_session
@@ -100,10 +99,7 @@ def _asking(row: Integration, what: str, ask: Callable[[], T]) -> T:
 
 def reference_codes(row: Integration, actor: Actor) -> list[ReferenceCode]:
     """The target's codes to pick from; a target that cannot be asked says why."""
-    try:
-        return _asking(row, "its codes", lambda: config.reference_codes(row, actor))
-    except NotImplementedError:
-        raise NotFound(f"{get_type(row.type_key).display_name} has no codes to pick from") from None
+    return _asking(row, "its codes", lambda: config.reference_codes(row, actor))
 
 
 def companies(row: Integration, actor: Actor) -> list[Choice]:

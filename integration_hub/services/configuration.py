@@ -6,17 +6,24 @@ organisation's integrations (tenancy is enforced here, not in routes).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import concurrent.futures
+import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import SecretStr, ValidationError
 from sqlmodel import Session, select
 
-from integration_hub.adapters.base import Adapter, ConnectionResult, ReferenceCode
-from integration_hub.adapters.dynamics import Choice
+from integration_hub.adapters.base import (
+    CONNECTION_TEST_DEADLINE_S,
+    Adapter,
+    Choice,
+    ConnectionResult,
+    RecordAdapter,
+    ReferenceCode,
+)
 from integration_hub.adapters.endpoints import (
     EndpointRefused,
     binding,
@@ -318,9 +325,12 @@ def credential_form(integration_row: Integration, actor: Actor) -> list[dict[str
     for name, info in model.model_fields.items():
         secret = name in model.secret_fields()
         value = masks.get(name, "") if secret else integration_row.settings.get(name, info.default)
+        label, help_text = model.field_text(name)
         fields.append(
             {
                 "name": name,
+                "label": label,
+                "help": help_text,
                 "secret": secret,
                 "value": "" if value is None else str(value),
                 "set": name in masks if secret else value is not None,
@@ -368,9 +378,14 @@ def test_connection(integration_row: Integration, actor: Actor) -> ConnectionRes
 def reference_codes(integration_row: Integration, actor: Actor) -> list[ReferenceCode]:
     """The target's codes (accounts, dimensions) to show and check a mapping against. A read:
     the credentials' use is logged, not written to the audit table, so that viewing the
-    mapping page or ``GET .../reference-codes`` changes nothing."""
+    mapping page or ``GET .../reference-codes`` changes nothing. A type that writes no records
+    (Bufdir) has none: :class:`NotFound`."""
+    adapter_type = integration_type(integration_row.type_key)
+    if not issubclass(adapter_type, RecordAdapter):
+        raise NotFound(f"{adapter_type.display_name} has no codes to pick from")
     with uses_logged_only():
         adapter = open_adapter(integration_row, actor, "read reference codes")
+    assert isinstance(adapter, RecordAdapter)
     return cached_reference_codes(adapter, integration_row)
 
 
@@ -378,7 +393,7 @@ def reference_codes(integration_row: Integration, actor: Actor) -> list[Referenc
 def list_companies(integration_row: Integration, actor: Actor) -> list[Choice]:
     """The target's companies, so an admin picks ``company_id`` from a list once the
     credentials work instead of pasting a GUID. A read: the credentials' use is logged only."""
-    return _choices(integration_row, actor, "companies", lambda lists: lists.companies())
+    return field_choices(integration_row, actor, "company_id")
 
 
 def list_journals(
@@ -386,38 +401,69 @@ def list_journals(
 ) -> list[Choice]:
     """A company's journal batches (the saved company unless ``company_id`` names one), each
     with why the hub cannot use it as it is, so an admin picks ``journal_id``."""
-    return _choices(
-        integration_row, actor, "journals", lambda lists: lists.journals(company_id or None)
-    )
+    return field_choices(integration_row, actor, "journal_id", within=company_id or None)
 
 
-@runtime_checkable
-class _OffersChoices(Protocol):
-    """An adapter whose target has companies and journals to pick (Business Central)."""
-
-    def companies(self) -> list[Choice]: ...
-
-    def journals(self, company_id: str | None = None) -> list[Choice]: ...
-
-
-def _choices(
-    integration_row: Integration,
-    actor: Actor,
-    what: str,
-    ask: Callable[[_OffersChoices], list[Choice]],
+def field_choices(
+    integration_row: Integration, actor: Actor, field: str, *, within: str | None = None
 ) -> list[Choice]:
-    """``ask`` the integration's adapter; a type whose target has nothing of the kind to
-    choose (Xledger, Bufdir) offers an empty list, its credentials never opened."""
+    """What the target offers for configuration field ``field`` (``within``: the choice it
+    depends on, e.g. the company of a journal); a type whose target offers nothing for it
+    (Xledger, Bufdir) answers an empty list, its credentials never opened. A read: the
+    credentials' use is logged, not audited."""
     actor.check(integration_row.organisation_id)
-    if not issubclass(integration_type(integration_row.type_key), _OffersChoices):
+    if field not in integration_type(integration_row.type_key).choice_fields:
         return []
     with uses_logged_only():
-        adapter = open_adapter(integration_row, actor, f"list {what}")
+        adapter = open_adapter(integration_row, actor, f"list choices for {field}")
     with adapter:
         try:
-            return ask(cast(_OffersChoices, adapter))
+            return adapter.choices(field, within)
         except ValueError as exc:  # a company id that is not a GUID
             raise InvalidInput(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What the target offers for one configuration field, or why it could not be asked."""
+
+    choices: tuple[Choice, ...] = ()
+    problem: str = ""
+
+
+def offered_choices(
+    integration_row: Integration, actor: Actor, *, deadline_s: float = CONNECTION_TEST_DEADLINE_S
+) -> dict[str, Offer]:
+    """For a setup page: each of the type's choice fields with what the target offers, all
+    within ``deadline_s`` (as a connection test), never raising: a target unreachable or slow
+    is a ``problem`` shown beside the field, which can still be typed; an integration without
+    its credentials yet offers nothing."""
+    actor.check(integration_row.organisation_id)
+    fields = integration_type(integration_row.type_key).choice_fields
+    if not fields or integration_row.id is None:
+        return {}
+    try:
+        with uses_logged_only():
+            adapter = open_adapter(integration_row, actor, "list choices")
+    except IntegrationNotConfigured:  # nothing to ask with yet: the fields' help says so
+        return {}
+    offers: dict[str, Offer] = {}
+    started = time.monotonic()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        for name in fields:
+            left = deadline_s - (time.monotonic() - started)
+            future = pool.submit(adapter.choices, name)
+            try:
+                offers[name] = Offer(choices=tuple(future.result(timeout=max(0.1, left))))
+            except concurrent.futures.TimeoutError:
+                offers[name] = Offer(problem=f"{adapter.display_name} did not answer in time")
+            except Exception as exc:  # the page still works: the field can be typed
+                offers[name] = Offer(problem=_short_error(exc))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        adapter.close()
+    return offers
 
 
 # -- field mappings ----------------------------------------------------------------------------

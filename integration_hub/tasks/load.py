@@ -6,13 +6,13 @@ answer into the error tree of :mod:`integration_hub.adapters.base`. What the eng
 * ``TransientError`` (refused before processing): wait and send the same request again;
 * ``OutcomeUnknown`` (no clear answer: a timeout, a reset, a gateway 5xx, an unreadable body):
   the records stay pending and *wait to be confirmed*. They are looked up at the target only
-  after the target's settle time (``Adapter.settle_s``), by a later run, because a commit can
+  after the target's settle time (``RecordAdapter.settle_s``), by a later run, because a commit can
   land after the client gave up; found ones are exported by that run, absent ones sent again;
 * ``RunAbort`` (refused before processing, nothing more can succeed): release and stop;
 * a record the target refused is failed with its reason and never retried as is;
-* a target whose import is staged (``Adapter.import_is_staged``: Xledger accepts GL import
+* a target whose import is staged (``RecordAdapter.import_is_staged``: Xledger accepts GL import
   items, then imports them) is asked once per run, after the last request, which accepted
-  records its import refused (``Adapter.check_imports``). Only the others are exported. A
+  records its import refused (``RecordAdapter.check_imports``). Only the others are exported. A
   refused record is failed with the target's reason and its ledger row becomes ``refused``: it
   is at the target, so the next run looks it up (and asks again) instead of sending it again.
 """
@@ -34,6 +34,7 @@ from integration_hub.adapters.base import (
     Adapter,
     AdapterError,
     OutcomeUnknown,
+    RecordAdapter,
     RecordStatus,
     RunAbort,
     TransientError,
@@ -226,7 +227,7 @@ class Settled:
 
 
 def settle_pending(
-    adapter: Adapter,
+    adapter: RecordAdapter,
     ledger: Ledger,
     policy: RetryPolicy,
     *,
@@ -267,7 +268,7 @@ def waiting_reason(target: str, cause: str, settle_after: datetime) -> str:
 
 
 def load_lines(
-    adapter: Adapter,
+    adapter: RecordAdapter,
     lines: pd.DataFrame,
     *,
     ledger: Ledger,
@@ -321,7 +322,7 @@ def load_lines(
 
 
 def _send_lines(
-    adapter: Adapter,
+    adapter: RecordAdapter,
     lines: pd.DataFrame,
     settled: Settled,
     *,
@@ -386,7 +387,7 @@ def _send_lines(
 
 
 def accept(
-    adapter: Adapter,
+    adapter: RecordAdapter,
     ledger: Ledger,
     report: LoadReport,
     rows: list[PendingRecord],
@@ -406,7 +407,7 @@ def accept(
 
 
 def check_imports(
-    adapter: Adapter,
+    adapter: RecordAdapter,
     ledger: Ledger,
     report: LoadReport,
     policy: RetryPolicy,
@@ -453,7 +454,7 @@ def check_imports(
 
 
 def _send_chunk(
-    adapter: Adapter,
+    adapter: RecordAdapter,
     chunk: pd.DataFrame,
     *,
     ledger: Ledger,
@@ -542,7 +543,7 @@ def _send_chunk(
 
 
 def _leave_waiting(
-    adapter: Adapter,
+    adapter: RecordAdapter,
     ledger: Ledger,
     remaining: pd.DataFrame,
     cause: str,

@@ -18,44 +18,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from integration_hub.adapters.base import RateLimit
 from integration_hub.db import hub_session
 from integration_hub.models import RateLimitSlot
 
-
-@dataclass(frozen=True)
-class RateLimit:
-    requests: int
-    per_s: float = 1.0
-
-    @property
-    def interval_us(self) -> int:
-        return max(1, int(self.per_s * 1_000_000 / self.requests))
-
-
-RATE_LIMITS: dict[str, RateLimit] = {
-    # Xledger publishes no number for its burst limit (BAD_REQUEST.BURST_RATE_LIMIT_REACHED);
-    # 10 requests a second of up to 500 lines each is far below what throttles a tenant in
-    # practice, and a throttled request is retried anyway. Check against a real tenant.
-    "xledger": RateLimit(10, 1.0),
-    # Business Central: 6,000 requests per user or service principal in a five-minute sliding
-    # window (Microsoft's operational limits for OData/API requests), i.e. one every 50 ms.
-    "dynamics": RateLimit(6000, 300.0),
-}
-"""Limits are kept per target host, shared by every organisation's runs: conservative where a
-target counts per tenant or token (as Business Central does), right where it counts per caller
-address, and the only choice when a target does not say."""
-DEFAULT_RATE_LIMIT = RateLimit(5, 1.0)
 MAX_TRIES = 100
-
-
-def rate_limit_for(type_key: str) -> RateLimit:
-    return RATE_LIMITS.get(type_key, DEFAULT_RATE_LIMIT)
+"""Rate limits are each type's fact (:attr:`Adapter.rate_limit`). They are kept per target host,
+shared by every organisation's runs: conservative where a target counts per tenant or token (as
+Business Central does), right where it counts per caller address, and the only choice when a
+target does not say."""
 
 
 def target_key(type_key: str, base_url: object | None) -> str:

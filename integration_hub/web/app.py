@@ -22,6 +22,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 def create_app() -> FastAPI:
     from integration_hub.services.accounts import check_identity_provider
     from integration_hub.web.api import router as api_router
+    from integration_hub.web.api.common import document_types
     from integration_hub.web.pages import routers as page_routers
 
     check_identity_provider()  # a half-configured identity provider stops startup, with why
@@ -40,6 +41,7 @@ def create_app() -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     errors.install(app)
     app.include_router(api_router)
+    document_types(app)
     for router in page_routers:
         app.include_router(router)
     return app

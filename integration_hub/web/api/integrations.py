@@ -67,7 +67,7 @@ def dashboard(org: OrgSlug, actor: ApiActor) -> DashboardOut:
     summary="Start setting up an integration (201 when created, 200 when it existed)",
 )
 def start_setup(org: OrgSlug, type: TypeKey, actor: ApiActor, response: Response) -> IntegrationOut:
-    row, created = api_support.start_setup(org, type.value, actor)
+    row, created = api_support.start_setup(org, type, actor)
     if not created:
         response.status_code = status.HTTP_200_OK
     return IntegrationOut.model_validate(api_support.integration_view(row, actor))

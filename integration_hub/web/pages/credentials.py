@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
-from integration_hub.adapters.base import ConnectionResult
+from integration_hub.adapters.base import ConnectionResult, IntegrationConfig
 from integration_hub.adapters.registry import get_type
 from integration_hub.models import Integration, Organisation
 from integration_hub.services import alerts
@@ -32,53 +32,6 @@ MAX_FIELD_LENGTH = 4096
 """Longer values are refused before they reach the services (no credential is that long)."""
 
 # -- shared by the setup screens ---------------------------------------------------------------
-FIELD_TEXT: dict[str, tuple[str, str]] = {
-    "base_url": (
-        "Service address (URL)",
-        "Where the service answers. Keep the suggested address unless your supplier gave you "
-        "another one.",
-    ),
-    "api_token": ("API token", "An API token created in Xledger for this integration."),
-    "tenant_id": (
-        "Tenant (Microsoft Entra directory)",
-        "A GUID, or a domain such as contoso.onmicrosoft.com.",
-    ),
-    "client_id": ("Client id", "The application (client) id you were given."),
-    "client_secret": ("Client secret", "The secret that belongs to the client id."),
-    "environment": ("Environment", "The Business Central environment, usually production."),
-    "company_id": (
-        "Company id",
-        "The company's id (a GUID) in Business Central. Leave it empty at first: the connection "
-        "test then names the companies the credentials reach.",
-    ),
-    "journal_id": (
-        "Journal id",
-        "The general journal batch by its id (a GUID); or give the journal code instead.",
-    ),
-    "journal_code": (
-        "Journal code",
-        "The general journal batch by its code. Leave it empty at first: once the company is "
-        "saved, the connection test lists its journals by code.",
-    ),
-    "token_url": (
-        "Sign-in service address (URL)",
-        "Where access tokens are asked for; normally https://login.microsoftonline.com.",
-    ),
-    "app": ("Altinn app", "The app that receives the reports, written as org/app."),
-    "voucher_type": (
-        "Voucher type",
-        "The voucher type Xledger books the claims as (transactionSource); GL unless your "
-        "accountant uses another one.",
-    ),
-    "job_level": ("Job level", "Xledger's job level for the vouchers (jobLevel); usually 1."),
-    "voucher_number_start": (
-        "Voucher number series start",
-        "Claim number N becomes voucher number start + N, at most 8 digits; choose a range "
-        "your accountant keeps free for these vouchers.",
-    ),
-}
-"""Each configuration field's label and hint (English source text; bokmål in setup.yaml)."""
-
 SECRET_SET_HINT = (
     "Stored encrypted and shown only as a mask. To keep it, leave the field as it is; to "
     "replace it, clear the field and type the new value."
@@ -157,27 +110,48 @@ def credential_fields(
     actor: Actor,
     submitted: dict[str, str] | None = None,
     errors: dict[str, str] | None = None,
+    offers: dict[str, config.Offer] | None = None,
 ) -> list[dict[str, Any]]:
-    """The form's fields: settings as stored (or as just typed), secrets only as masks."""
+    """The form's fields: settings as stored (or as just typed), secrets only as masks; a field
+    the target offers choices for (``offers``) is a list to pick from, or says why there is
+    none and stays a text field."""
     fields = []
     for field in config.credential_form(row, actor):
         name = field["name"]
-        label, hint = FIELD_TEXT.get(name, (name, ""))
         value = field["value"]
         if submitted is not None and not field["secret"]:
             value = submitted.get(name, value)
+        offer = (offers or {}).get(name)
         fields.append(
             {
                 **field,
                 "value": value,  # for a secret: its mask, never what was typed
-                "label": label,
-                "hint": hint,
+                "hint": field["help"],
                 "secret_hint": SECRET_SET_HINT if field["set"] else SECRET_UNSET_HINT,
                 "required": field["required"] and not (field["secret"] and field["set"]),
                 "error": (errors or {}).get(name, ""),
+                "options": _options(offer, value) if offer and offer.choices else [],
+                "offer_problem": offer.problem if offer else "",
             }
         )
     return fields
+
+
+def _options(offer: config.Offer, value: str) -> list[dict[str, Any]]:
+    """A select's options: each choice (one the hub cannot use is shown, disabled, with why),
+    and the current value kept when the target no longer offers it."""
+    options = [
+        {
+            "value": choice.id,
+            "text": " · ".join(part for part in (choice.name, choice.code) if part),
+            "note": choice.note,
+            "selected": choice.id.lower() == value.lower(),
+        }
+        for choice in offer.choices
+    ]
+    if value and not any(option["selected"] for option in options):
+        options.append({"value": value, "text": value, "note": "", "selected": True, "gone": True})
+    return options
 
 
 def form_values(row: Integration, form: FormData) -> dict[str, str]:
@@ -198,7 +172,7 @@ def form_values(row: Integration, form: FormData) -> dict[str, str]:
 
 
 def split_problems(
-    problems: list[str], field_names: list[str], tr: Callable[[str], str]
+    problems: list[str], model: type[IntegrationConfig], tr: Callable[[str], str]
 ) -> tuple[list[dict[str, str]], dict[str, str]]:
     """Service problems (``"base_url: Input should be ..."``) as an error summary that links
     to each field, and each field's own message."""
@@ -207,8 +181,8 @@ def split_problems(
     for problem in problems:
         name, sep, message = problem.partition(": ")
         name = name.split(".")[0]
-        if sep and name in field_names:
-            label = FIELD_TEXT.get(name, (name, ""))[0]
+        if sep and name in model.model_fields:
+            label = model.field_text(name)[0]
             text = tr(message)
             by_field.setdefault(name, text)
             summary.append({"field": name, "message": f"{tr(label)}: {text}"})
@@ -226,12 +200,14 @@ def save_credentials(
         values = form_values(row, form)
         config.save_configuration(row, values, actor)
     except InvalidInput as exc:
-        names = list(get_type(row.type_key).config_model.model_fields)
+        model = get_type(row.type_key).config_model
         submitted = {k: v for k, v in form.items() if isinstance(v, str)}
-        summary, by_field = split_problems(exc.problems, names, translator(request))
+        summary, by_field = split_problems(exc.problems, model, translator(request))
         return {
             "problems": summary,
-            "fields": credential_fields(row, actor, submitted, by_field),
+            "fields": credential_fields(
+                row, actor, submitted, by_field, config.offered_choices(row, actor)
+            ),
         }
     return None
 
@@ -240,9 +216,10 @@ def credentials_context(
     organisation: Organisation, row: Integration, actor: Actor, **extra: Any
 ) -> dict[str, Any]:
     row = config.reload(row)
+    if "fields" not in extra:
+        extra["fields"] = credential_fields(row, actor, offers=config.offered_choices(row, actor))
     context = {
         **base_context(organisation, row, "credentials"),
-        "fields": credential_fields(row, actor),
         "problems": [],
         "test": connection_result(None, row),
         "test_action": integration_url(organisation.slug, row.type_key, "credentials/test"),

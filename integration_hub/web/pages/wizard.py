@@ -153,7 +153,9 @@ def credentials_step(request: Request, org: str, type_key: str, signed_in: PageS
         organisation,
         row,
         "credentials",
-        fields=credentials.credential_fields(row, signed_in.actor),
+        fields=credentials.credential_fields(
+            row, signed_in.actor, offers=config.offered_choices(row, signed_in.actor)
+        ),
         problems=[],
     )
     return render(request, "wizard_credentials.html", context)
