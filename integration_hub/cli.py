@@ -73,18 +73,46 @@ def echo_err(message: str) -> None:
     typer.secho(safe_text(message), err=True, fg=typer.colors.RED)
 
 
+EXIT_CODES = """Exit codes: 0 done; 1 the run finished but some records failed or wait to be
+confirmed; 2 nothing was done (bad input, setup not finished, another export running); 3 the
+run stopped (the target could not be reached or refused, recorded with the reason); 4 an
+unexpected error (details in var/logs/cli.log); 130 stopped with Ctrl-C."""
+
+EXIT_STOPPED = 3
+EXIT_UNEXPECTED = 4
+EXIT_INTERRUPTED = 130
+
+
 def friendly_errors(command: F) -> F:
-    """Known problems become one clear message and exit code 2; nothing prints a traceback."""
+    """Every way a command can end becomes one clear last line and a documented exit code
+    (:data:`EXIT_CODES`); nothing prints a traceback (an unexpected one goes to
+    ``var/logs/cli.log``, and to the screen only with ``--verbose``)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from typer.exceptions import TyperException
+
         from integration_hub.adapters.factory import IntegrationNotConfigured
         from integration_hub.mappings.spec import MappingError
-        from integration_hub.services.errors import InvalidInput, ServiceError
+        from integration_hub.services.errors import InvalidInput, RunFailed, ServiceError
         from integration_hub.vault import VaultError
 
         try:
             return command(*args, **kwargs)
+        except (typer.Exit, TyperException):  # typer's own: usage errors, aborts, exits
+            raise
+        except KeyboardInterrupt:
+            echo_err(
+                "Stopped (Ctrl-C). A run that had started is recorded as cancelled; what it "
+                "sent is recorded and nothing is sent twice. Run the command again to continue."
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except RunFailed as exc:
+            echo_err(f"Run {exc.run_id} stopped: {exc}")
+            if exc.failure == "cancelled":
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+            nothing_done = exc.failure in ("configuration", "busy")
+            raise typer.Exit(2 if nothing_done else EXIT_STOPPED) from None
         except InvalidInput as exc:
             echo_err(f"Error: {exc}")
             for problem in exc.problems:
@@ -99,14 +127,60 @@ def friendly_errors(command: F) -> F:
         except (ServiceError, VaultError, IntegrationNotConfigured) as exc:
             echo_err(f"Error: {exc}")
             raise typer.Exit(2) from None
+        except OSError as exc:
+            echo_err(f"Error: {_os_problem(exc)}")
+            raise typer.Exit(2) from None
         except Exception as exc:
             message = _database_hint(exc)
-            if message is None:
-                raise
-            echo_err(f"Error: {message}")
-            raise typer.Exit(2) from None
+            if message is not None:
+                echo_err(f"Error: {message}")
+                raise typer.Exit(2) from None
+            where = _log_unexpected(exc)
+            echo_err(
+                f"Error: an unexpected error in the hub ({type(exc).__name__}: "
+                f"{str(exc)[:300]}); {where}. Tell the hub's operators."
+            )
+            raise typer.Exit(EXIT_UNEXPECTED) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _os_problem(exc: OSError) -> str:
+    """A file system problem (a read-only or full ``var/``, a missing key file) in one line."""
+    import errno
+
+    where = f" ({exc.filename})" if exc.filename else ""
+    advice = {
+        errno.ENOSPC: "the disk is full; free some space",
+        errno.EROFS: "the file system is read-only; the hub needs to write under var/",
+        errno.EACCES: "permission denied; run as the hub's user, or fix the permissions",
+        errno.ENOENT: "a file or folder is missing",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"{advice}{where}"
+
+
+def _log_unexpected(exc: BaseException) -> str:
+    """Write the traceback to ``var/logs/cli.log`` (private); say where, or that it could not."""
+    import traceback
+    from datetime import UTC, datetime
+
+    from integration_hub.private_files import open_private_append
+    from integration_hub.settings import get_settings
+
+    path = get_settings().var_dir / "logs" / "cli.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open_private_append(path) as log:
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            text = "".join(traceback.format_exception(exc))
+            log.write(f"--- {stamp} {' '.join(sys.argv)}\n{text}".encode())
+    except OSError:
+        return "its details could not be written to a log"
+    if os.environ.get("INTEGRATIONS_CLI_VERBOSE"):
+        import traceback as tb
+
+        tb.print_exception(exc)
+    return f"the details are in {path}"
 
 
 def _database_hint(exc: Exception) -> str | None:
@@ -148,16 +222,7 @@ def db_upgrade() -> None:
         typer.echo("volunteer-app tables (demo/local use) are at the newest schema")
 
 
-@app.command("orgs")
-@friendly_errors
-def orgs() -> None:
-    """List organisations and the integration types each is offered."""
-    from integration_hub.services import configuration as config
-    from integration_hub.untrusted import safe_text
-
-    for org in config.list_organisations(actor()):
-        offered = ", ".join(t.key for t in config.available_types(org)) or "none"
-        typer.echo(safe_text(f"{org.slug:<20} {org.name:<40} offered: {offered}"))
+# ``integrations orgs`` (list, add, rename) and ``integrations flags``: cli_operators.py
 
 
 @app.command("types")
@@ -185,18 +250,25 @@ ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
 def _resolve_secret(name: str, value: Any) -> str:
+    """A setup file's credential: ``${VARIABLE}`` from the environment, ``-`` a line of stdin,
+    anything else as written. An unset variable is a problem reported with the others."""
+    from integration_hub.services.errors import InvalidInput
+
     text = "" if value is None else str(value)
     match = ENV_REFERENCE.match(text.strip())
     if match:
         variable = match.group(1)
         if variable not in os.environ:
-            raise typer.BadParameter(
-                f"credentials.{name} refers to ${{{variable}}}, which is not set"
-            )
+            raise InvalidInput(f"credentials.{name} refers to ${{{variable}}}, which is not set")
         return os.environ[variable]
     if text == "-":
         return sys.stdin.readline().rstrip("\n")
     return text
+
+
+SETUP_EXIT_APPLIED, SETUP_EXIT_TEST_FAILED, SETUP_EXIT_REFUSED = 0, 1, 2
+"""``integrations setup``: 0 applied, 1 the connection test failed, 2 invalid or refused (for
+1 and 2 nothing was changed)."""
 
 
 @app.command("setup")
@@ -208,8 +280,13 @@ def setup(
         Path | None, typer.Option("--from-file", help="Answer the wizard from a YAML file.")
     ] = None,
 ) -> None:
-    """The setup wizard: credentials, connection test, mapping, schedule, exclusions."""
+    """The setup wizard: credentials, connection test, mapping, schedule, exclusions.
+
+    The whole setup is checked first (every problem listed), then the connection is tested
+    with the new settings, and only then is everything stored, in one go. Exit 0 applied,
+    1 the connection test failed, 2 invalid input; on 1 and 2 nothing was changed."""
     from integration_hub.services.errors import InvalidInput
+    from integration_hub.services.setup import ConnectionTestFailed
     from integration_hub.untrusted import (
         MAX_YAML_BYTES,
         DocumentRefused,
@@ -218,100 +295,87 @@ def setup(
         safe_text,
     )
 
-    if from_file is not None:
-        try:
-            text = read_text_file(from_file, max_bytes=MAX_YAML_BYTES)
-            answers = load_yaml(text, what=str(from_file)) or {}
-        except DocumentRefused as exc:
-            raise InvalidInput(f"the setup file cannot be used: {exc}") from None
-        if not isinstance(answers, dict):
-            raise InvalidInput(f"{from_file} must be a YAML mapping")
-        summary = setup_from_answers(org, type_key, answers, base_dir=from_file.parent)
-    else:
-        summary = setup_interactive(org, type_key)
+    try:
+        if from_file is not None:
+            try:
+                text = read_text_file(from_file, max_bytes=MAX_YAML_BYTES)
+                answers = load_yaml(text, what=str(from_file)) or {}
+            except DocumentRefused as exc:
+                raise InvalidInput(f"the setup file cannot be used: {exc}") from None
+            if not isinstance(answers, dict):
+                raise InvalidInput(f"{from_file} must be a YAML mapping")
+            outcome = _apply_answers(org, type_key, answers, from_file.parent)
+            lines, last = outcome.lines(), _setup_done(outcome, org, type_key)
+        else:
+            lines, last = setup_interactive(org, type_key)
+    except InvalidInput as exc:
+        for problem in exc.problems:
+            echo_err(f"  - {problem}")
+        what = "the setup file" if from_file is not None else "the setup"
+        count = len(exc.problems)
+        echo_err(
+            f"Nothing was changed: {what} has {count} problem{'' if count == 1 else 's'} "
+            "(listed above); fix them and run the command again."
+        )
+        raise typer.Exit(SETUP_EXIT_REFUSED) from None
+    except ConnectionTestFailed as exc:
+        for warning in exc.result.warnings:
+            echo_err(f"  warning: {warning}")
+        echo_err(
+            f"Nothing was changed: the connection test with the new settings failed "
+            f"({exc.result.status.value}: {exc.result.detail}); the stored configuration "
+            "is kept."
+        )
+        raise typer.Exit(SETUP_EXIT_TEST_FAILED) from None
     typer.echo("")
-    for line in summary:
+    for line in lines:
         typer.echo(safe_text(line))
+    typer.echo(safe_text(last))
+
+
+def _setup_done(outcome: Any, org: str, type_key: str) -> str:
+    """The one line that ends a setup that was applied."""
+    line = outcome.summary()
+    if outcome.status == "active" and outcome.scheduled:
+        line += f" Run `integrations sync {org} {type_key}` to export now."
+    elif outcome.status != "active":
+        line += " Activate it with `activate: true` in the setup file."
+    return line
+
+
+def _apply_answers(org: str, type_key: str, answers: dict[str, Any], base_dir: Path) -> Any:
+    from integration_hub.services import setup as setup_service
+
+    request = setup_service.read_setup(
+        type_key, answers, secret=_resolve_secret, mapping_dir=base_dir
+    )
+    return setup_service.apply(org, type_key, request, actor())
 
 
 def setup_from_answers(
     org: str, type_key: str, answers: dict[str, Any], base_dir: Path = Path(".")
 ) -> list[str]:
-    """The wizard's steps without prompts (also what the demo uses)."""
-    from integration_hub.adapters.registry import get_type
+    """A setup file's answers applied as one whole through the setup service (also what the
+    demo's callers and the fault-injection script use); returns the setup's lines. Raises
+    :class:`InvalidInput` (nothing changed) or ``ConnectionTestFailed`` (nothing changed)."""
+    return _apply_answers(org, type_key, answers, base_dir).lines()
+
+
+def setup_interactive(org: str, type_key: str) -> tuple[list[str], str]:
+    """Prompt for each step; secrets are typed hidden and never echoed. The connection is
+    tested (step 2) and the mapping checked (step 3) with what was typed before anything is
+    stored; the whole is then applied at once, as a setup file is."""
     from integration_hub.mappings.spec import load_mapping_file, load_template
-    from integration_hub.models import IntegrationStatus
-    from integration_hub.services import alerts
     from integration_hub.services import configuration as config
-    from integration_hub.services.errors import InvalidInput, WarningsNotAcknowledged
-
-    who = actor()
-    row = _integration(org, type_key, create=True)
-    adapter_type = get_type(type_key)
-    model = adapter_type.config_model
-    credentials = answers.get("credentials") or {}
-    if not isinstance(credentials, dict):
-        raise InvalidInput("credentials must be a mapping of field: value")
-    values = {name: _resolve_secret(name, value) for name, value in credentials.items()}
-    for name in model.setting_fields():
-        if name in answers and answers[name] is not None:
-            values[name] = str(answers[name])
-    config.save_configuration(row, values, who)
-    lines = [f"{adapter_type.display_name} for {org}: credentials saved (shown masked)"]
-    for field in config.credential_form(row, who):
-        lines.append(f"  {field['name']}: {field['value']}")
-
-    result, _alert = alerts.check_connection(row, who)
-    lines.append(f"connection test: {result.status} in {result.elapsed_ms} ms: {result.detail}")
-    lines += [f"  warning: {warning}" for warning in result.warnings]
-
-    mapping_answer = answers.get("mapping", "default")
-    if adapter_type.default_mapping is None and mapping_answer in (None, "default"):
-        lines.append(f"field mapping: none ({adapter_type.display_name} needs no mapping)")
-    else:
-        if mapping_answer in (None, "default"):
-            document = load_template(adapter_type.default_mapping or "")
-        else:
-            path = Path(str(mapping_answer))
-            document = load_mapping_file(path if path.is_absolute() else base_dir / path)
-        accept = bool(answers.get("accept_warnings", False))
-        try:
-            version, problems = config.save_mapping(row, document, who, accept_warnings=accept)
-        except WarningsNotAcknowledged as exc:
-            raise InvalidInput(
-                "the mapping was not saved: confirm the warnings with accept_warnings: true",
-                exc.warnings,
-            ) from None
-        lines.append(f"field mapping saved as version {version}")
-        lines += [f"  {p}" for p in problems]
-
-    schedule = answers.get("schedule")
-    if schedule:
-        if not isinstance(schedule, dict):
-            raise InvalidInput("schedule must be {daily: 'HH:MM'} or {cron: '...'}")
-        cron = schedule.get("cron") or config.parse_daily(str(schedule.get("daily", "")))
-        timezone = str(schedule.get("timezone", "Europe/Oslo"))
-        config.set_schedule(row, cron, timezone, bool(schedule.get("enabled", True)), who)
-        lines.append(f"schedule: {cron} ({timezone})")
-    exclusions = answers.get("exclusions") or []
-    config.set_exclusions(row, [str(e) for e in exclusions], who)
-    lines.append(f"excluded categories: {', '.join(exclusions) or 'none'}")
-    config.set_status(row, IntegrationStatus.ACTIVE, who)
-    lines.append("status: active")
-    return lines
-
-
-def setup_interactive(org: str, type_key: str) -> list[str]:
-    """Prompt for each step; secrets are typed hidden and never echoed."""
-    from integration_hub.adapters.registry import get_type
-    from integration_hub.mappings.spec import load_mapping_file
-    from integration_hub.services import alerts
-    from integration_hub.services import configuration as config
+    from integration_hub.services import setup as setup_service
+    from integration_hub.services import wizard
+    from integration_hub.services.errors import InvalidInput
+    from integration_hub.services.setup import ConnectionTestFailed, ScheduleRequest, SetupRequest
     from integration_hub.untrusted import safe_text
 
     who = actor()
-    row = _integration(org, type_key, create=True)
-    adapter_type = get_type(type_key)
+    _organisation, row = wizard.planned(org, type_key, who)
+    adapter_type = config.integration_type(type_key)
     typer.secho(f"Set up {adapter_type.display_name} for {org}", bold=True)
     typer.echo("Step 1/5 credentials (press Enter to keep a stored value)")
     values: dict[str, str] = {}
@@ -323,46 +387,70 @@ def setup_interactive(org: str, type_key: str) -> list[str]:
             show_default=False,
             hide_input=field["secret"],
         )
-    config.save_configuration(row, {k: v for k, v in values.items() if v}, who)
+    values = {k: v for k, v in values.items() if v}
     typer.echo("Step 2/5 connection test ...")
-    result, _alert = alerts.check_connection(row, who)
+    result, _ = setup_service.try_setup(
+        org, type_key, SetupRequest(values=values, activate=False), who
+    )
     typer.echo(safe_text(f"  {result.status} in {result.elapsed_ms} ms: {result.detail}"))
     for warning in result.warnings:
         typer.secho(safe_text(f"  warning: {warning}"), fg=typer.colors.YELLOW)
+    if not result.ok:
+        raise ConnectionTestFailed(adapter_type.display_name, result)
+
     typer.echo("Step 3/5 field mapping")
+    document = None
+    accept = False
     if adapter_type.default_mapping is None:
         typer.echo(f"  none needed for {adapter_type.display_name}")
     else:
-        _, document = config.current_mapping(row)
+        version, _current = config.current_mapping(row) if row.id else (None, None)
         path = typer.prompt(
             "  mapping file (Enter for the current/default one)", default="", show_default=False
         )
         if path:
             document = load_mapping_file(Path(path))
-        problems = config.check_mapping(row, document, who)
-        for problem in problems:
-            typer.secho(safe_text(f"  {problem}"), fg=typer.colors.YELLOW)
-        accept = not problems or typer.confirm("  save the mapping despite these warnings?")
-        if accept:
-            version, _ = config.save_mapping(row, document, who, accept_warnings=True)
-            typer.echo(f"  saved as version {version}")
+        elif version is None:
+            document = load_template(adapter_type.default_mapping)
+        if document is not None:
+            _, problems = setup_service.try_setup(
+                org,
+                type_key,
+                SetupRequest(values=values, mapping=document, activate=False),
+                who,
+            )
+            for problem in problems:
+                typer.secho(safe_text(f"  {problem}"), fg=typer.colors.YELLOW)
+            accept = not problems or typer.confirm("  save the mapping despite these warnings?")
+            if not accept:
+                raise InvalidInput(
+                    "the mapping's warnings were not accepted",
+                    [f"mapping: warning: {p}" for p in problems],
+                )
+
     typer.echo("Step 4/5 schedule")
+    schedule = None
     if not adapter_type.runs_on_schedule:
         typer.echo(f"  none: {adapter_type.display_name} is reported per closed period")
     elif daily := typer.prompt(
         "  run daily at (HH:MM, Enter for none)", default="", show_default=False
     ):
         timezone = typer.prompt("  time zone", default="Europe/Oslo")
-        config.set_schedule(row, config.parse_daily(daily), timezone, True, who)
+        schedule = ScheduleRequest(daily=daily, timezone=timezone)
     typer.echo("Step 5/5 excluded categories")
     choices = config.exclusion_choices(row)
-    current = ",".join(config.list_exclusions(row))
+    current = ",".join(config.list_exclusions(row)) if row.id else ""
     answer = typer.prompt(f"  comma-separated, from {', '.join(choices)}", default=current)
-    config.set_exclusions(row, [c.strip() for c in answer.split(",") if c.strip()], who)
-    return [
-        f"{adapter_type.display_name} for {org} is configured; run "
-        f"`integrations sync {org} {type_key}` to export now."
-    ]
+    request = SetupRequest(
+        values=values,
+        mapping=document,
+        accept_warnings=accept,
+        schedule=schedule,
+        exclusions=tuple(c.strip() for c in answer.split(",") if c.strip()),
+        activate=True,
+    )
+    outcome = setup_service.apply(org, type_key, request, who)
+    return outcome.lines(), _setup_done(outcome, org, type_key)
 
 
 # -- credentials, connection, mappings, exclusions -----------------------------------------------
@@ -468,16 +556,32 @@ def dynamics_journals(
         typer.echo("no journal batches in this company")
 
 
-@mappings_app.command("validate")
+MAPPING_EXIT_CODES = """Exit codes: 0 no problems (or only warnings, with --allow-warnings);
+1 warnings: the mapping can be used, but an account is missing, cannot be posted to, is of the
+wrong kind or could not be checked; 2 errors: the mapping cannot be used, or it could not be read
+(a bad file, an unknown organisation or type); 4 an unexpected error."""
+
+MAPPING_WARNINGS = 1
+MAPPING_ERRORS = 2
+
+
+@mappings_app.command("validate", epilog=MAPPING_EXIT_CODES)
 @friendly_errors
 def mappings_validate(
     org: str,
     type_key: Annotated[str, typer.Argument(metavar="TYPE")],
     file: Annotated[Path | None, typer.Option("--file", help="A mapping YAML to check.")] = None,
+    allow_warnings: Annotated[
+        bool,
+        typer.Option("--allow-warnings", help="Exit 0 when there are warnings but no errors."),
+    ] = False,
 ) -> None:
-    """Check the saved mapping (or FILE) against the target's live codes."""
+    """Check the saved mapping (or FILE) against the target's live codes: accounts it lacks,
+    accounts that cannot be posted to, accounts of the wrong kind (an expense on an income or
+    balance sheet account) where the target says the kind, categories without an account.
+    Warnings fail the check (exit 1) unless --allow-warnings."""
     from integration_hub.mappings.spec import load_mapping_file
-    from integration_hub.mappings.validator import has_errors
+    from integration_hub.mappings.validator import has_errors, warnings_of
     from integration_hub.services import configuration as config
     from integration_hub.untrusted import safe_text
 
@@ -493,7 +597,17 @@ def mappings_validate(
     for problem in problems:
         colour = typer.colors.RED if problem.severity == "error" else typer.colors.YELLOW
         typer.secho(safe_text(problem), fg=colour)
-    raise typer.Exit(1 if has_errors(problems) else 0)
+    if has_errors(problems):
+        typer.secho(f"{label}: errors; the mapping cannot be used", fg=typer.colors.RED)
+        raise typer.Exit(MAPPING_ERRORS)
+    count = len(warnings_of(problems))
+    if count and not allow_warnings:
+        typer.secho(
+            f"{label}: {count} warning(s); fix them, or pass --allow-warnings to accept them",
+            fg=typer.colors.YELLOW,
+        )
+        raise typer.Exit(MAPPING_WARNINGS)
+    raise typer.Exit(0)
 
 
 @mappings_app.command("show")
@@ -588,7 +702,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         typer.echo(f"  retry the failures: integrations retry {summary['run_id']}")
 
 
-@app.command("sync")
+@app.command("sync", epilog=EXIT_CODES)
 @friendly_errors
 def sync(
     org: str,
@@ -598,22 +712,38 @@ def sync(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, send nothing.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's logs.")] = False,
 ) -> None:
-    """Export now. Exit 0 when every record exported or skipped, 1 when some failed or wait
-    to be confirmed."""
+    """Export now. A target that cannot be reached is tried again for
+    INTEGRATIONS_MANUAL_RUN_RETRY_SECONDS (60 s) before the run stops."""
     from integration_hub.prefect_env import configure_prefect
     from integration_hub.services.sync import run_export
+    from integration_hub.tasks.failures import announcements
 
-    configure_prefect(verbose=verbose)
-    summary = run_export(
-        org,
-        type_key,
-        actor(),
-        since=_date(since, "--since"),
-        until=_date(until, "--until"),
-        dry_run=dry_run,
-    )
+    configure_prefect(verbose=verbose, shared_server=True)
+    with announcements(announce):
+        summary = run_export(
+            org,
+            type_key,
+            actor(),
+            since=_date(since, "--since"),
+            until=_date(until, "--until"),
+            dry_run=dry_run,
+        )
     print_summary(summary)
-    raise typer.Exit(0 if summary["status"] == "succeeded" else 1)
+    raise typer.Exit(summary_exit_code(summary))
+
+
+def announce(message: str) -> None:
+    """What a run waits for, as it happens (e.g. a target that cannot be reached yet)."""
+    from integration_hub.untrusted import safe_text
+
+    typer.secho(safe_text(message), err=True, fg=typer.colors.YELLOW)
+
+
+def summary_exit_code(summary: dict[str, Any]) -> int:
+    """0 succeeded, 1 some records failed or wait, 3 the run stopped (see EXIT_CODES)."""
+    if summary["status"] == "succeeded":
+        return 0
+    return EXIT_STOPPED if summary["status"] == "failed" else 1
 
 
 def _date(value: str | None, option: str) -> date | None:
@@ -645,7 +775,7 @@ def runs(
         typer.echo("no runs yet")
         return
     out = console()
-    out.print(runs_table(history, title=f"Export history of {type_key} for {org}"))
+    out.print(runs_table(history, title=f"Export history of {type_key} for {org}", width=out.width))
     if limit and len(history) == limit:
         out.print(f"the newest {limit} runs; --limit 0 shows all")
 
@@ -789,7 +919,7 @@ def demo(
 
 # Command groups kept in their own modules register themselves on ``app`` when imported; they
 # import heavy modules inside their commands so ``--help`` stays instant.
-from integration_hub import cli_operations, cli_scheduling, cli_web  # noqa: E402, F401
+from integration_hub import cli_operations, cli_operators, cli_scheduling, cli_web  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -15,7 +15,19 @@ from zoneinfo import ZoneInfo
 
 import typer
 
-from integration_hub.cli import _date, _integration, actor, app, friendly_errors, print_summary
+from integration_hub.cli import (
+    EXIT_CODES,
+    EXIT_INTERRUPTED,
+    EXIT_STOPPED,
+    _date,
+    _integration,
+    actor,
+    announce,
+    app,
+    friendly_errors,
+    print_summary,
+    summary_exit_code,
+)
 
 SHOWN_ZONE = ZoneInfo("Europe/Oslo")
 
@@ -70,43 +82,46 @@ def status(run: dict[str, Any]) -> str:
     return f"[{STATUS_STYLE.get(run['status'], 'white')}]{text}[/]"
 
 
-def runs_table(runs: list[dict[str, Any]], title: str | None = None) -> Any:
-    """The export history as a table: one row per run."""
+WIDE_TABLE_COLUMNS = 120
+"""Below this many columns (an 80-column terminal), run tables keep what matters: the run, when,
+its status and counts; the rest (trigger, window, amounts failed, requests, duration) is in
+``--json`` and on the health page."""
+
+
+def runs_table(runs: list[dict[str, Any]], title: str | None = None, width: int = 200) -> Any:
+    """The export history as a table: one row per run, as wide as ``width`` allows."""
     from rich.table import Table
 
     from integration_hub.money import format_nok
 
+    wide = width >= WIDE_TABLE_COLUMNS
+    columns: list[tuple[str, str, Any]] = [
+        ("run", "right", lambda r: f"#{r['run_id']}"),
+        (
+            "started",
+            "left",
+            lambda r: when(r["started_at"])[0 if wide else 5 : None if wide else 16],
+        ),
+        ("trigger", "left", trigger),
+        ("window", "left", window),
+        ("status", "left", status),
+        ("exported", "right", lambda r: str(r["exported"])),
+        ("failed", "right", lambda r: str(r["failed"])),
+        ("skipped", "right", lambda r: str(r["skipped"])),
+        ("amount exported", "right", lambda r: format_nok(r["exported_amount_ore"])),
+        ("amount failed", "right", lambda r: format_nok(r["failed_amount_ore"])),
+        ("requests", "right", lambda r: str(r["requests_sent"])),
+        ("duration", "right", lambda r: duration(r["duration_s"])),
+    ]
+    if not wide:
+        narrow = ("run", "started", "status", "exported", "failed", "amount exported")
+        columns = [c for c in columns if c[0] in narrow]
+        columns[-1] = ("amount", *columns[-1][1:])
     table = Table(title=title, title_justify="left", show_lines=False)
-    for name, justify in (
-        ("run", "right"),
-        ("started", "left"),
-        ("trigger", "left"),
-        ("window", "left"),
-        ("status", "left"),
-        ("exported", "right"),
-        ("failed", "right"),
-        ("skipped", "right"),
-        ("amount exported", "right"),
-        ("amount failed", "right"),
-        ("requests", "right"),
-        ("duration", "right"),
-    ):
+    for name, justify, _value in columns:
         table.add_column(name, justify=justify, no_wrap=True)
     for run in runs:
-        table.add_row(
-            f"#{run['run_id']}",
-            when(run["started_at"]),
-            trigger(run),
-            window(run),
-            status(run),
-            str(run["exported"]),
-            str(run["failed"]),
-            str(run["skipped"]),
-            format_nok(run["exported_amount_ore"]),
-            format_nok(run["failed_amount_ore"]),
-            str(run["requests_sent"]),
-            duration(run["duration_s"]),
-        )
+        table.add_row(*(value(run) for _name, _justify, value in columns))
     return table
 
 
@@ -154,7 +169,7 @@ def _print_health(out: Any, report: dict[str, Any]) -> None:
     if last is None:
         out.print("  no export has run yet")
     else:
-        out.print(runs_table([last], title="Last run"))
+        out.print(runs_table([last], title="Last run", width=out.width))
         if last.get("error"):
             out.print(f"  [red]stopped:[/] {safe(last['error'])}")
     if report["failures"]:
@@ -213,7 +228,7 @@ def _print_health(out: Any, report: dict[str, Any]) -> None:
 
 
 # -- retry -------------------------------------------------------------------------------------
-@app.command("retry")
+@app.command("retry", epilog=EXIT_CODES)
 @friendly_errors
 def retry(
     run_id: Annotated[int | None, typer.Argument(help="The run whose failures to re-send.")] = None,
@@ -227,28 +242,27 @@ def retry(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's logs.")] = False,
 ) -> None:
-    """Re-send only the failed records of a run, as a new run (trigger retry).
-
-    Exit 0 when every retried record was exported or skipped, 1 when some failed again.
-    """
+    """Re-send only the failed records of a run, as a new run (trigger retry)."""
     from integration_hub.prefect_env import configure_prefect
     from integration_hub.services import sync
     from integration_hub.services.errors import InvalidInput
+    from integration_hub.tasks.failures import announcements
 
     if (run_id is None) == (integration is None):
         raise InvalidInput("give either RUN_ID or --integration ORG TYPE")
-    configure_prefect(verbose=verbose)
+    configure_prefect(verbose=verbose, shared_server=True)
     if integration is not None:
         run_id = sync.latest_failed_run(_integration(*integration), actor())
     assert run_id is not None
     typer.echo(f"retrying the failed records of run {run_id}")
-    summary = sync.retry_run(run_id, actor())
+    with announcements(announce):
+        summary = sync.retry_run(run_id, actor())
     print_summary(summary)
-    raise typer.Exit(0 if summary["status"] == "succeeded" else 1)
+    raise typer.Exit(summary_exit_code(summary))
 
 
 # -- backfill ----------------------------------------------------------------------------------
-@app.command("backfill")
+@app.command("backfill", epilog=EXIT_CODES)
 @friendly_errors
 def backfill(
     org: str,
@@ -264,18 +278,18 @@ def backfill(
 ) -> None:
     """Export a date range chunk by chunk; stop any time and run it again to continue.
 
-    Claims already exported are never sent again and finished chunks are skipped. Exit 0 when
-    every chunk finished without failed records, 1 otherwise.
+    Claims already exported are never sent again and finished chunks are skipped.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from integration_hub.prefect_env import configure_prefect
     from integration_hub.services import sync
+    from integration_hub.tasks.failures import announcements
 
     first, last = _date(start, "--from"), _date(end, "--to")
     assert first is not None and last is not None
     plan = sync.backfill_plan(first, last, chunk)
-    configure_prefect(verbose=verbose)
+    configure_prefect(verbose=verbose, shared_server=True)
     out = console()
     done: list[dict[str, Any]] = []
     with Progress(
@@ -296,26 +310,31 @@ def backfill(
             progress.update(task, advance=1, description=label)
 
         try:
-            result = sync.run_backfill(
-                org, type_key, actor(), start=first, end=last, chunk=chunk, on_chunk=on_chunk
-            )
+            with announcements(lambda message: progress.console.print(message, markup=False)):
+                result = sync.run_backfill(
+                    org, type_key, actor(), start=first, end=last, chunk=chunk, on_chunk=on_chunk
+                )
         except KeyboardInterrupt:
             progress.stop()
             typer.secho(
-                f"stopped after {len(done)} of {len(plan)} chunks; run the same command again "
-                "to continue (finished chunks are skipped, nothing is sent twice)",
+                f"Stopped (Ctrl-C) after {len(done)} of {len(plan)} chunks; run the same command "
+                "again to continue (finished chunks are skipped, nothing is sent twice).",
                 fg=typer.colors.YELLOW,
                 err=True,
             )
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     _print_backfill(out, result)
-    raise typer.Exit(0 if result["status"] == "succeeded" else 1)
+    if result["status"] == "succeeded":
+        raise typer.Exit(0)
+    raise typer.Exit(EXIT_STOPPED if result.get("chunks_done", 0) < len(plan) else 1)
 
 
 def _print_backfill(out: Any, result: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from integration_hub.money import format_nok
+    from integration_hub.untrusted import safe_text
 
     table = Table(
         title=f"Backfill {result['window'][0]} .. {result['window'][1]} by {result['chunk']}: "
@@ -352,7 +371,10 @@ def _print_backfill(out: Any, result: dict[str, Any]) -> None:
         f"({format_nok(result['exported_amount_ore'])}), failed {result['failed']}, "
         f"skipped {result['skipped']}, requests {result['requests_sent']}"
     )
-    if result["failed"]:
+    if result.get("error"):
+        out.print(f"[red]stopped:[/] {escape(safe_text(result['error']))}")
+        out.print("run the same command again later to continue; finished chunks are skipped")
+    elif result["failed"]:
         out.print("retry the failures per run: integrations retry RUN_ID (see integrations health)")
 
 
@@ -369,45 +391,117 @@ def alerts(
             help="Register the webhook URL held by environment variable VAR (kept in the vault).",
         ),
     ] = None,
-    remove: Annotated[bool, typer.Option("--remove", help="Forget the webhook.")] = False,
-    test: Annotated[bool, typer.Option("--test", help="Send a test event now.")] = False,
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind", help="What the webhook takes: webhook (the hub's JSON), slack or teams."
+        ),
+    ] = "webhook",
+    email_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--email-to",
+            metavar="ADDRESS",
+            help="E-mail alerts to ADDRESS (repeat for more); needs --smtp-host, --email-from.",
+        ),
+    ] = None,
+    email_from: Annotated[
+        str | None, typer.Option("--email-from", metavar="ADDRESS", help="The sender.")
+    ] = None,
+    smtp_host: Annotated[str | None, typer.Option("--smtp-host", help="The SMTP server.")] = None,
+    smtp_port: Annotated[int, typer.Option("--smtp-port", help="Its port.")] = 587,
+    smtp_security: Annotated[
+        str, typer.Option("--smtp-security", help="starttls, tls or none.")
+    ] = "starttls",
+    smtp_user: Annotated[
+        str | None, typer.Option("--smtp-user", help="The SMTP user name, if it needs one.")
+    ] = None,
+    smtp_password_from_env: Annotated[
+        str | None,
+        typer.Option(
+            "--smtp-password-from-env",
+            metavar="VAR",
+            help="The SMTP password held by environment variable VAR (kept in the vault).",
+        ),
+    ] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Forget the alert channel.")] = False,
+    test: Annotated[bool, typer.Option("--test", help="Send a test alert now.")] = False,
 ) -> None:
-    """ORG's alert webhook: called when a run ends with failures or a connection test fails.
+    """ORG's alert channel: told when a run ends with failures, a backfill ends with failures
+    or a connection test fails; the same unresolved failure is not repeated every night.
 
-    Without options, shows it (masked) and the last deliveries. The URL is read from the
-    environment, never from an argument, and never shown again.
+    A webhook (the hub's JSON, Slack or Microsoft Teams: --webhook-from-env VAR --kind KIND)
+    or e-mail through SMTP (--email-to, --email-from, --smtp-host ...). Without options, shows
+    the channel (secrets masked) and the last alerts. The URL and the SMTP password are read
+    from the environment, never from an argument, and never shown again. The admin web app's
+    Alerts page sets up the same channel. Exit 1 when --test was not delivered.
     """
     from integration_hub.services import alerts as alert_service
     from integration_hub.services.errors import InvalidInput
     from integration_hub.untrusted import safe_text
 
-    if webhook_from_env and remove:
-        raise InvalidInput("give either --webhook-from-env or --remove")
+    def secret_from(variable: str) -> str:
+        value = os.environ.get(variable, "")
+        if not value:
+            raise InvalidInput(f"${variable} is not set")
+        return value
+
+    if sum(bool(x) for x in (webhook_from_env, email_to, remove)) > 1:
+        raise InvalidInput("give one of --webhook-from-env, --email-to or --remove")
     if webhook_from_env:
-        url = os.environ.get(webhook_from_env, "")
-        if not url:
-            raise InvalidInput(f"${webhook_from_env} is not set")
-        mask = alert_service.set_webhook(org, url, actor())
-        typer.echo(f"alert webhook for {org} saved: {mask}")
+        values = {"kind": kind, "webhook_url": secret_from(webhook_from_env)}
+        view = alert_service.configure_channel(org, values, actor())
+        typer.echo(f"alert {view['kind']} for {org} saved: {view['webhook']}")
+    if email_to:
+        values = {
+            "kind": "email",
+            "smtp_host": smtp_host or "",
+            "smtp_port": smtp_port,
+            "smtp_security": smtp_security,
+            "smtp_username": smtp_user or "",
+            "smtp_password": secret_from(smtp_password_from_env) if smtp_password_from_env else "",
+            "sender": email_from or "",
+            "recipients": email_to,
+        }
+        view = alert_service.configure_channel(org, values, actor())
+        typer.echo(f"alert e-mail for {org} saved: {len(email_to)} recipient(s)")
     if remove:
-        removed = alert_service.remove_webhook(org, actor())
-        typer.echo("alert webhook removed" if removed else f"{org} has no alert webhook")
+        was = "e-mail" if alert_service.channel_view(org, actor())["kind"] == "email" else "webhook"
+        removed = alert_service.remove_channel(org, actor())
+        typer.echo(f"alert {was} removed" if removed else f"{org} has no alert channel")
     if test:
         result = alert_service.send_test(org, actor())
         colour = typer.colors.GREEN if result == "delivered" else typer.colors.RED
-        typer.secho(f"test event: {result}", fg=colour)
+        typer.secho(safe_text(f"test event: {result}"), fg=colour)
         if result != "delivered":
             raise typer.Exit(1)
-    if not (webhook_from_env or remove or test):
-        shown = alert_service.show_webhook(org, actor())
-        typer.echo(f"alert webhook for {org}: {shown['webhook'] or 'none'}")
-        for entry in shown["recent"]:
+    if not (webhook_from_env or email_to or remove or test):
+        view = alert_service.channel_view(org, actor())
+        settings = view["settings"]
+        if not view["configured"]:
+            typer.echo(f"alert webhook for {org}: none (no webhook or e-mail is set up)")
+        elif view["kind"] == "email":
+            login = f", user {settings.smtp_username}" if settings.smtp_username else ""
+            typer.echo(
+                safe_text(
+                    f"alert channel for {org}: e-mail from {settings.sender} to "
+                    f"{', '.join(settings.recipients)} via {settings.smtp_host}:"
+                    f"{settings.smtp_port} ({settings.smtp_security}{login})"
+                )
+            )
+        else:
+            typer.echo(f"alert channel for {org}: {view['kind']} webhook {view['webhook']}")
+        if not view["links_to_health_page"]:
+            typer.echo(
+                "  alerts carry no link to the health page: set INTEGRATIONS_PUBLIC_BASE_URL"
+            )
+        for entry in view["recent"]:
             run = f" run {entry['run_id']}" if entry.get("run_id") else ""
             typer.echo(safe_text(f"  {when(entry['at'])} {entry['event']}{run}: {entry['result']}"))
 
 
 # -- Bufdir report -----------------------------------------------------------------------------
-@app.command("report")
+@app.command("report", epilog=EXIT_CODES)
 @friendly_errors
 def report(
     org: str,
@@ -427,16 +521,15 @@ def report(
 ) -> None:
     """The Bufdir activity report for a closed period: file, or the stand-in API.
 
-    Exit 0 when every activity was counted or skipped, 1 when some failed (fix them in the app
-    and send again with --resubmit).
+    Some activities failing (exit 1): fix them in the app and send again with --resubmit.
     """
     from integration_hub.prefect_env import configure_prefect
     from integration_hub.services.sync import run_activity_report
 
-    configure_prefect(verbose=verbose)
+    configure_prefect(verbose=verbose, shared_server=True)
     summary = run_activity_report(org, actor(), period=period, deliver=deliver, resubmit=resubmit)
     print_report(console(), summary)
-    raise typer.Exit(0 if summary["status"] == "succeeded" else 1)
+    raise typer.Exit(summary_exit_code(summary))
 
 
 def report_failures(summary: dict[str, Any]) -> list[tuple[str, list[int]]]:

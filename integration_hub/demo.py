@@ -236,7 +236,7 @@ def run_demo(*, verbose: bool = False) -> dict[str, Any]:
         f"{CLAIMS_PER_ORG}+ expense claims each"
     )
 
-    from integration_hub.cli import print_summary, setup_from_answers
+    from integration_hub.cli import print_summary
     from integration_hub.mappings.spec import load_template
     from integration_hub.sandbox.server import start_server
     from integration_hub.sandbox.xledger import XledgerSandboxState, create_xledger_app
@@ -254,7 +254,7 @@ def run_demo(*, verbose: bool = False) -> dict[str, Any]:
         import yaml
 
         mapping_file.write_text(yaml.safe_dump(template, sort_keys=False, allow_unicode=True))
-        lines = setup_from_answers(
+        lines = _set_up(
             "blindeforbundet",
             "xledger",
             {
@@ -302,7 +302,7 @@ def run_demo(*, verbose: bool = False) -> dict[str, Any]:
 
 def _demo_business_central(organisation_id: int) -> None:
     """HLF books in Business Central: the same wizard calls, a BC sandbox, an export."""
-    from integration_hub.cli import print_summary, setup_from_answers
+    from integration_hub.cli import print_summary
     from integration_hub.sandbox.dynamics import DynamicsSandboxState, create_dynamics_app
     from integration_hub.sandbox.server import start_server
     from integration_hub.services.configuration import Actor
@@ -317,7 +317,7 @@ def _demo_business_central(organisation_id: int) -> None:
         typer.echo(f"\nBusiness Central sandbox listening on {server.url}")
         settings = provisioned.settings(server.url)
         secret = settings.pop("client_secret")
-        lines = setup_from_answers(
+        lines = _set_up(
             "hlf",
             "dynamics",
             {
@@ -338,6 +338,18 @@ def _demo_business_central(organisation_id: int) -> None:
         print_summary(summary)
 
 
+def _set_up(org: str, type_key: str, answers: dict[str, Any]) -> list[str]:
+    """The demo's setup of one integration, as a setup file would give it, through the setup
+    service (checked whole, tested, stored in one go); returns the setup's lines."""
+    from pathlib import Path
+
+    from integration_hub.services import setup
+    from integration_hub.services.configuration import Actor
+
+    request = setup.read_setup(type_key, answers, mapping_dir=Path("."))
+    return setup.apply(org, type_key, request, Actor("demo")).lines()
+
+
 def last_closed_half_year(today: date) -> str:
     """The most recent half-year that has ended before ``today``: ``2026-H1`` on 2026-11-24."""
     if today.month >= 7:
@@ -348,7 +360,6 @@ def last_closed_half_year(today: date) -> str:
 def _demo_bufdir(today: date) -> None:
     """Both organisations report their activities to Bufdir: blindeforbundet as a file for the
     portal, hlf through the API client against the (stand-in) Bufdir sandbox."""
-    from integration_hub.cli import setup_from_answers
     from integration_hub.cli_operations import report_failures
     from integration_hub.sandbox.bufdir import BufdirSandboxState, create_bufdir_app
     from integration_hub.sandbox.server import start_server
@@ -363,7 +374,7 @@ def _demo_bufdir(today: date) -> None:
             client_id = f"hub-{slug}"
             client_secret = secrets.token_hex(20)
             state.add_client(client_id, client_secret)
-            lines = setup_from_answers(
+            lines = _set_up(
                 slug,
                 "bufdir",
                 {

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from integration_hub.local_prefect import clear_state, write_state
 from integration_hub.private_files import PRIVATE_DIR_MODE, open_private_append
 from integration_hub.services.errors import InvalidInput, ServiceError
 
@@ -277,11 +278,13 @@ def serve(
                 wait_until_healthy(api_url.rstrip("/"), 30.0)
                 ui_url = api_url.rstrip("/").removesuffix("/api")
             else:
-                home = Path(os.environ["PREFECT_HOME"])
+                home = server_home = Path(os.environ["PREFECT_HOME"])
                 echo(f"Starting a local Prefect server on {HOST}:{port} (state in {home}) ...")
                 server = start_local_server(port, home, verbose=verbose)
                 api_url, ui_url = server.api_url, server.ui_url
                 os.environ["PREFECT_API_URL"] = api_url
+                # Commands run meanwhile use this server (integration_hub/local_prefect.py).
+                write_state(home, api_url, os.getpid())
             ui_url = get_settings().prefect_ui_url or ui_url
             _serve_with(api_url, ui_url, resync=resync_seconds, echo=echo)
         except BaseException as exc:
@@ -292,6 +295,7 @@ def serve(
                 web_server.stop()
             if server is not None:
                 echo("Stopping the local Prefect server ...")
+                clear_state(server_home, os.getpid())
                 server.stop()
     echo("Stopped. Schedules stay active in Prefect; they run again when serve starts.")
 

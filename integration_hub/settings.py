@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     vault_keys: str | None = None
     """Alternative to the key file: ``"1:<base64>,2:<base64>"``, the highest version primary."""
     prefect_ui_url: str | None = None
+    public_base_url: str | None = None
+    """The admin web app's address as people reach it (``https://hub.example.org``): alerts
+    link to an integration's health page there. Unset: alerts carry no such link, as the hub
+    cannot know the address a reverse proxy gives it."""
     web_host: str = "127.0.0.1"
     web_port: int = 8300
     web_secure_cookies: bool = True
@@ -68,6 +72,25 @@ class Settings(BaseSettings):
     """Reverse proxies (addresses or networks, comma-separated) whose ``X-Forwarded-For`` names
     the client. Anyone can send that header, so by default it is ignored and the client is the
     socket's peer; otherwise one client could pose as many and dodge sign-in throttling."""
+    request_retry_attempts: int = Field(default=5, ge=1)
+    """How often one request refused before processing (no connection, 5xx on a read, 429) is
+    sent before the run treats the target as unreachable."""
+    request_retry_base_delay_seconds: float = Field(default=0.5, ge=0)
+    """The first wait between those tries (doubling, with jitter, at most 30 s; a target's
+    Retry-After wins)."""
+    run_retry_seconds: float = Field(default=1800, ge=0)
+    """How long a scheduled or backfill run keeps trying a target it cannot reach (connect
+    errors, 5xx, throttling beyond a request's own retries) before it fails with that reason
+    and an alert. No target publishes its outages' length: 30 minutes is our assumption, long
+    against a restart or a failover at 02:00, short against the next night."""
+    manual_run_retry_seconds: float = Field(default=60, ge=0)
+    """The same for a run a person started and watches (CLI, web): they can start it again."""
+    run_retry_first_wait_seconds: float = Field(default=15, ge=0)
+    """The first wait before trying an unreachable target again; each next wait doubles (at
+    most 5 minutes)."""
+    prefect_server_idle_seconds: float = Field(default=300, ge=0)
+    """How long the CLI's shared local Prefect server stays up after its last command ended
+    (integration_hub/local_prefect.py): the next command within it starts in a second."""
     idp_max_token_hours: float = Field(default=24, gt=0)
     """Bearer tokens whose ``exp`` is further ahead than this are refused: the hub cannot revoke
     a token, so a leaked long-lived one would work for that long."""

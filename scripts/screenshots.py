@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -159,6 +160,29 @@ def shoot(
         page.goto("/orgs/blindeforbundet/integrations/xledger/health")
         expect(page.locator("#failures tbody tr").first).to_be_visible()
         snap("health", full_page=True)
+
+        # Blindeforbundet: the last run record by record, one claim ignored with a note, a run
+        # started with "Sync now" (submitted, not run in the request), and the audit log.
+        page.get_by_role("link", name=re.compile(r"^Every record of run \d+")).first.click()
+        expect(page.locator("#failure-groups")).to_be_visible()
+        snap("run-detail", full_page=True)
+        failed = page.locator("#outcomes tbody tr").first
+        failed.get_by_role("link", name=re.compile(r"^Ignore record")).click()
+        page.get_by_label("Why is it ignored?").fill(
+            "Paid in cash at the chapter meeting and booked by hand in Xledger"
+        )
+        snap("ignore-record")
+        page.get_by_role("button", name="Ignore this record").click()
+        expect(page.locator("#ignore-result")).to_be_visible()
+        page.goto("/orgs/blindeforbundet/integrations/xledger/health")
+        page.get_by_role("button", name="Sync now").click()
+        expect(page.locator("#submission")).to_contain_text(
+            re.compile(r"Run \d+ has finished"), timeout=120_000
+        )
+        snap("health-sync-now")
+        page.goto("/orgs/blindeforbundet/audit")
+        expect(page.locator("#audit")).to_be_visible()
+        snap("audit-log")
         page.get_by_role("button", name="Sign out").click()
 
         # HLF: the setup wizard, step by step.

@@ -144,6 +144,10 @@ os.environ.pop("PREFECT_API_URL", None)
 # The sandboxes and the webhook receiver listen on 127.0.0.1: allowed as an operator would for
 # a local sandbox. Tests of the endpoint guard take it away again.
 os.environ["INTEGRATIONS_ALLOWED_HOSTS"] = "127.0.0.1"
+# A target that cannot be reached fails the run at once; the tests of run-level retry set a
+# budget of their own (with an injected clock).
+os.environ["INTEGRATIONS_RUN_RETRY_SECONDS"] = "0"
+os.environ["INTEGRATIONS_MANUAL_RUN_RETRY_SECONDS"] = "0"
 
 
 @pytest.fixture(scope="session")

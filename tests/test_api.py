@@ -415,12 +415,17 @@ def test_activating_a_setup_without_a_passed_test_is_refused(admin: Any) -> None
 
 # -- health, history, counts -------------------------------------------------------------------
 def test_health_runs_and_daily_counts(web: Any, admin: Any) -> None:
-    from datetime import UTC, datetime, timedelta
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
 
     from factories import record_run
 
     row, token = configured_xledger(web, ORG_A)
-    today = datetime.now(UTC).replace(hour=10, minute=0, second=0, microsecond=0)
+    # Days are Oslo days: 10:00 in Oslo today, whatever the hour in UTC (at 23:30 UTC it is
+    # already tomorrow in Oslo).
+    today = datetime.now(ZoneInfo("Europe/Oslo")).replace(
+        hour=10, minute=0, second=0, microsecond=0
+    )
     first = record_run(row.id, row.organisation_id, started_at=today - timedelta(days=1))
     failing = record_run(
         row.id,

@@ -15,9 +15,10 @@ from apiworld import bearer, configured_xledger, snapshot, use_test_idp
 from fastapi.routing import APIRoute, iter_route_contexts
 from webworld import ADMIN_A, OPERATOR, ORG_A, ORG_B
 
-READ, CHANGE, PROBE, RETRY, OWN = "read", "change", "probe", "retry", "own"
+READ, CHANGE, PROBE, RETRY, OWN, FOLLOW = "read", "change", "probe", "retry", "own", "follow"
 """What a route does: reads; changes configuration; probes the target (a connection test,
-which operators may run); retries a run (operators may); or answers about the caller only."""
+which operators may run); retries a run (operators may); answers about the caller only; or
+follows something only its submitter knows the id of (a submission: 404 for anyone else)."""
 
 TYPES = ("xledger", "dynamics")
 """B's Xledger is set up, its Dynamics is not: both must be refused alike."""
@@ -57,10 +58,19 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("PUT", f"{I}/schedule"): Sample(CHANGE, {"daily": "04:30", "timezone": "UTC"}),
     ("GET", f"{I}/exclusions"): Sample(READ),
     ("PUT", f"{I}/exclusions"): Sample(CHANGE, {"selected": ["meals"]}),
+    ("PUT", f"{I}/setup"): Sample(CHANGE, {"exclusions": ["meals"], "activate": False}),
     ("GET", f"{I}/health"): Sample(READ),
     ("GET", f"{I}/runs"): Sample(READ, params={"limit": 5}),
     ("GET", f"{I}/daily-counts"): Sample(READ, params={"days": 7}),
     ("POST", "/api/v1/runs/{run_id}/retry"): Sample(RETRY),
+    ("GET", "/api/v1/runs/{run_id}"): Sample(READ),
+    ("GET", "/api/v1/runs/{run_id}/outcomes"): Sample(READ),
+    ("GET", "/api/v1/organisations/{org}/audit"): Sample(READ),
+    ("GET", f"{I}/ignored"): Sample(READ),
+    ("POST", f"{I}/ignored"): Sample(CHANGE, {"record_id": 8, "record_version": 1, "note": "x"}),
+    ("DELETE", f"{I}/ignored/{{record_id}}/{{record_version}}"): Sample(CHANGE),
+    ("POST", f"{I}/runs"): Sample(CHANGE, {"dry_run": True}),
+    ("GET", f"{I}/submissions"): Sample(FOLLOW, params={"id": "0" * 32}),
 }
 
 
@@ -89,7 +99,7 @@ def requests_for(app: Any, org: str, run_id: int, types: tuple[str, ...] = TYPES
     for method, path in api_operations(app):
         sample = SAMPLES[(method, path)]
         for type_key in types if "{type}" in path else (None,):
-            url = path.format(org=org, type=type_key, run_id=run_id)
+            url = path.format(org=org, type=type_key, run_id=run_id, record_id=8, record_version=1)
             out.append((sample.kind, method, url, _body(sample), sample.params))
     return out
 

@@ -40,6 +40,11 @@ def world(web: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     from integration_hub.services.configuration import Actor
 
     private = use_test_idp(monkeypatch)
+    # A generated "run now" is submitted but never run (tests/test_web_runs.py runs them).
+    from integration_hub.services import submit
+
+    monkeypatch.setattr(submit, "deployment_for", lambda spec: None)
+    monkeypatch.setattr(submit, "launch", lambda submission, work: submission.done.set())
     row, token = configured_xledger(web, ORG_A)
     config.set_schedule(row, "0 2 * * *", "Europe/Oslo", True, Actor("test"))
     # Failed outcomes for the health monitor, but a run count of 0 so that a generated retry is

@@ -465,6 +465,8 @@ def test_the_whole_xledger_setup_wizard_by_keyboard_and_mouse(
     assert token not in page.content()
     page.get_by_role("button", name="Activate Xledger").click()
 
+    expect(page.get_by_role("status")).to_have_text("Xledger is active.")  # the confirmation
+    page.get_by_role("link", name="Back to the integrations").click()
     expect(page).to_have_url(re.compile(f"/orgs/{ORG_A}(\\?|$)"))
     card = page.locator(".integration-card").filter(has=page.get_by_role("heading", name="Xledger"))
     expect(card.locator(".status")).to_have_text("Active")

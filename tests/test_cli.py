@@ -109,9 +109,8 @@ def test_setup_refuses_an_unset_variable_and_changes_nothing(
 def test_wrong_token_fails_the_connection_test_with_exit_1(
     org: dict[str, Any], tmp_path: Path
 ) -> None:
-    setup_xledger(org, tmp_path, token="wrong-token-value")
-    result = invoke("test-connection", "bf", "xledger")
-    assert result.exit_code == 1
+    result = setup_xledger(org, tmp_path, token="wrong-token-value")
+    assert result.exit_code == 1  # and nothing is stored (tests/test_setup_whole.py)
     assert "bad_credentials" in result.output
 
 
@@ -151,8 +150,9 @@ def test_mapping_warning_sync_dry_run_runs_and_exclusions(
     assert "Xledger has no account 9999" in setup.output
 
     checked = invoke("mappings", "validate", "bf", "xledger")
-    assert checked.exit_code == 0
+    assert checked.exit_code == 1  # warnings only: non-zero unless accepted
     assert "warning: expense_account[toll]: Xledger has no account 9999" in checked.output
+    assert invoke("mappings", "validate", "bf", "xledger", "--allow-warnings").exit_code == 0
 
     dry = invoke("sync", "bf", "xledger", "--dry-run")
     assert "would export 1 records; nothing was sent" in dry.output
@@ -220,13 +220,16 @@ def test_db_upgrade_is_idempotent(hub_env: str) -> None:
 
 
 def test_interactive_setup_of_bufdir_asks_for_no_schedule(hub_env: str, vault_key: Path) -> None:
-    from integration_hub.serving import free_port
+    from integration_hub.sandbox.bufdir import BufdirSandboxState, create_bufdir_app
+    from integration_hub.sandbox.server import start_server
 
     org_id = seed_organisation("bf", [])
     config.set_feature_flag(org_id, feature_flag("bufdir"), True, config.OPERATOR)
-    closed_port = free_port()  # nothing listens: the connection test fails fast, and says so
-    answers = f"http://127.0.0.1:{closed_port}\n\nclient-1\nsecret-value-1\n\n"
-    result = invoke("setup", "bf", "bufdir", input=answers)
+    state = BufdirSandboxState()  # the connection test must pass: a failed one stores nothing
+    state.add_client("client-1", "secret-value-1")
+    with start_server(create_bufdir_app(state)) as server:
+        answers = f"{server.url}\n\nclient-1\nsecret-value-1\n\n"
+        result = invoke("setup", "bf", "bufdir", input=answers)
     assert result.exit_code == 0, result.output
     assert "none: Bufdir (tilskuddsrapportering) is reported per closed period" in result.output
     assert "run daily at" not in result.output

@@ -33,7 +33,7 @@ from integration_hub.db import hub_session
 from integration_hub.ledger import Ledger
 from integration_hub.mappings.resolver import map_claims
 from integration_hub.mappings.spec import load_template
-from integration_hub.models import ExportLedger, Integration
+from integration_hub.models import ExportLedger, Integration, RunFailure
 from integration_hub.tasks.load import (
     MAX_UNCLEAR_IN_A_ROW,
     RetryPolicy,
@@ -303,6 +303,22 @@ def test_giving_up_on_transient_errors_fails_records_and_frees_them(ledger: Ledg
     assert _statuses(report) == {"failed": 2}
     assert "gave up after 3 attempts" in report.outcomes[0]["reason"]
     assert _ledger_states() == Counter()
+
+
+def test_an_unreachable_target_stops_the_sending_and_says_so_for_the_run(
+    ledger: Ledger,
+) -> None:
+    """The next requests would meet the same outage: not one more request after the first
+    gave up, and the report tells the pipeline it may wait and try the run again."""
+    target = ScriptedTarget(["transient"] * 3 + ["ok"] * 5)
+    lines = _lines(4)  # two lines a claim, four lines a request: two requests
+    report = load_lines(target, lines, ledger=ledger, run_id=None, policy=NO_WAIT)
+    assert target.requests_sent == 3
+    assert report.unreachable is not None and "gave up after 3 attempts" in report.unreachable
+    assert report.failure is RunFailure.UNREACHABLE and report.aborted == report.unreachable
+    assert _statuses(report) == {"failed": 4}
+    assert all(o["reason"].startswith("not sent: ") for o in report.outcomes)
+    assert _ledger_states() == Counter()  # released: the next try sends them
 
 
 def test_abort_fails_the_rest_of_the_run_with_the_reason(ledger: Ledger) -> None:

@@ -428,7 +428,11 @@ def test_the_retry_button_turns_three_failures_into_exports(
     )
     assert response.status_code == 303, response.text
     location = response.headers["location"]
-    assert location.startswith(f"{HEALTH}?retried=")
+    # The retry is submitted, not run in the request (services/submit.py): wait for it here.
+    assert location.startswith(f"{HEALTH}?submitted=")
+    from integration_hub.services import submit
+
+    assert submit.wait(location.rsplit("=", 1)[1], timeout=60)
 
     after = client.get(location)
     assert after.status_code == 200

@@ -182,6 +182,16 @@ class ConnectionResult:
         return self.status is ConnectionStatus.OK
 
 
+class AccountKind(StrEnum):
+    """What an account is, where the target's chart says it (:attr:`ReferenceCode.kind`)."""
+
+    ASSET = "asset"
+    LIABILITY = "liability"
+    EQUITY = "equity"
+    INCOME = "income"
+    EXPENSE = "expense"
+
+
 @dataclass(frozen=True)
 class ReferenceCode:
     """A code the target accepts (e.g. an account), with whether it can be posted to."""
@@ -190,6 +200,9 @@ class ReferenceCode:
     name: str
     postable: bool = True
     note: str = ""
+    kind: AccountKind | None = None
+    """The account's kind as the target's chart of accounts states it; None where the target
+    does not say (then the mapping validator cannot warn about an account of the wrong kind)."""
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ import httpx
 from pydantic import SecretStr, field_validator, model_validator
 
 from integration_hub.adapters.base import (
+    AccountKind,
     Answer,
     BatchResult,
     Choice,
@@ -993,7 +994,10 @@ class DynamicsAdapter(RecordAdapter):
 
     # -- reference codes ------------------------------------------------------------------
     def reference_codes(self) -> list[ReferenceCode]:
-        select = "number,displayName,accountType,blocked,directPosting"
+        """The company's G/L accounts, each with its kind from ``category`` (documented for
+        v2.0's account resource; ``subCategory`` is each company's own free text, so the kind
+        is read from the category alone)."""
+        select = "number,displayName,category,accountType,blocked,directPosting"
         codes = []
         for account in self._pages(f"{self.company_url}/accounts", {"$select": select}):
             note = _not_postable(account)
@@ -1003,6 +1007,7 @@ class DynamicsAdapter(RecordAdapter):
                     name=str(account.get("displayName") or ""),
                     postable=not note,
                     note=note,
+                    kind=account_kind(account.get("category")),
                 )
             )
         return codes
@@ -1383,6 +1388,28 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 def _present(value: Any) -> bool:
     """A real value: pandas' missing markers (None, NA, NaN) are not strings."""
     return isinstance(value, str) and value != ""
+
+
+ACCOUNT_KINDS: dict[str, AccountKind] = {
+    "Assets": AccountKind.ASSET,
+    "Liabilities": AccountKind.LIABILITY,
+    "Equity": AccountKind.EQUITY,
+    "Income": AccountKind.INCOME,
+    "Cost of Goods Sold": AccountKind.EXPENSE,
+    "Expense": AccountKind.EXPENSE,
+}
+"""``NAV.glAccountCategory`` members as account kinds; " " (no category) has none. Cost of goods
+sold is an expense in the income statement, so an expense claim may be posted there."""
+
+
+def account_kind(category: Any) -> AccountKind | None:
+    """The kind a G/L account's ``category`` states. Business Central's JSON writes an enum
+    member by its CSDL name (``Cost_x0020_of_x0020_Goods_x0020_Sold``, ``_x0020_`` for none):
+    decoded first, so both spellings are read."""
+    if not isinstance(category, str):
+        return None
+    name = _XML_ESCAPE.sub(lambda code: chr(int(code.group(1), 16)), category)
+    return ACCOUNT_KINDS.get(name.strip())
 
 
 def _not_postable(account: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
@@ -42,6 +42,54 @@ def build_adapter(
         )
     except VaultEndpointMismatch as exc:
         raise IntegrationNotConfigured(str(exc)) from None
+    return _configured(adapter_type, integration.settings, secrets)
+
+
+def build_candidate_adapter(
+    session: Session,
+    integration: Integration,
+    settings: dict[str, Any],
+    new_secrets: Mapping[str, str],
+    *,
+    purpose: str,
+    actor: str = "system",
+) -> Adapter:
+    """An adapter for a configuration that is not stored yet, so that the setup service can
+    test it before it stores anything: ``settings`` replace the stored ones and
+    ``new_secrets`` (just entered) the stored secrets of the same name. Every other secret is
+    the stored one, revealed only when it was entered for the endpoint ``settings`` name, as
+    :func:`build_adapter` does. ``integration`` may be a draft not stored yet (no id)."""
+    from integration_hub.vault import CredentialVault, VaultEndpointMismatch
+
+    adapter_type = get_type(integration.type_key)
+    model = adapter_type.config_model
+    secrets = {name: value for name, value in new_secrets.items() if value}
+    if integration.id is not None:
+        vault = CredentialVault.from_settings()
+        stored = vault.masked(session, integration_id=integration.id)
+        try:
+            for name in model.secret_fields():
+                if name in stored and name not in secrets:
+                    secrets[name] = vault.reveal(
+                        session,
+                        organisation_id=integration.organisation_id,
+                        integration_id=integration.id,
+                        field=name,
+                        purpose=purpose,
+                        actor=actor,
+                        endpoint=binding(model, settings),
+                    )
+        except VaultEndpointMismatch as exc:
+            raise IntegrationNotConfigured(str(exc)) from None
+    return _configured(adapter_type, settings, secrets)
+
+
+def _configured(
+    adapter_type: type[Adapter], settings: dict[str, Any], secrets: dict[str, str]
+) -> Adapter:
+    """The adapter of ``settings`` and ``secrets``; what is missing or invalid is named (never
+    a value)."""
+    model = adapter_type.config_model
     missing = [name for name in model.secret_fields() if not secrets.get(name)]
     if missing:
         raise IntegrationNotConfigured(
@@ -49,7 +97,7 @@ def build_adapter(
             "enter the credentials in the setup wizard"
         )
     try:
-        config = model.model_validate({**integration.settings, **secrets})
+        config = model.model_validate({**settings, **secrets})
     except ValidationError as exc:
         fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
         raise IntegrationNotConfigured(

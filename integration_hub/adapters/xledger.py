@@ -30,6 +30,7 @@ import httpx
 from pydantic import SecretStr
 
 from integration_hub.adapters.base import (
+    AccountKind,
     Answer,
     BatchResult,
     ConnectionResult,
@@ -71,16 +72,48 @@ INPUT_TYPE = "AddGLImportItemsInput"
 NODE_TYPE_GUESS = "AddGLImportItemsInputNode"
 """The node's input type as the public Go client (omniboost/go-xledger) names it; asked for in
 the schema check's first request so that one request usually reads every type."""
+REFUSED_UNRUN = "refused before anything was stored"
+"""How a request Xledger refused without running it (no ``data``) is described."""
 ITEM_REFERENCE = "glImportItem:"
 JOURNAL_REFERENCE = "journalEntry:"
 
-ACCOUNTS_QUERY = """
-query Accounts($first: Int!, $after: String) {
-  accounts(first: $first, after: $after) {
-    edges { cursor node { dbId code description posting } }
-    pageInfo { hasNextPage }
-  }
-}"""
+ACCOUNT_KIND_FLAGS: tuple[tuple[str, AccountKind], ...] = (
+    ("liabilities", AccountKind.LIABILITY),
+    ("equity", AccountKind.EQUITY),
+    ("asset", AccountKind.ASSET),
+    ("revenue", AccountKind.INCOME),
+    ("cost", AccountKind.EXPENSE),
+)
+"""An account's kind from the flags Xledger's ``Account`` carries, first true flag wins. The
+names are in both public clients' account fields (grasp-labs' read metadata lists ``asset``,
+``balanceSheet``, ``cost``, ``equity``, ``finance``, ``liabilities``, ``revenue``; omniboost's Go
+client reads them as booleans); what each means is not published, so we read them by their names:
+``cost`` an expense account, ``revenue`` an income account. ``balanceSheet`` alone (no
+``asset``, ``liabilities`` or ``equity``) and ``finance`` alone name no kind: None, no warning."""
+
+
+def accounts_query(with_kinds: bool = True) -> str:
+    """The chart of accounts, page by page; ``with_kinds`` also asks for the kind flags."""
+    fields = ["dbId", "code", "description", "posting"]
+    if with_kinds:
+        fields += [name for name, _ in ACCOUNT_KIND_FLAGS]
+    return (
+        "query Accounts($first: Int!, $after: String) {\n"
+        "  accounts(first: $first, after: $after) {\n"
+        f"    edges {{ cursor node {{ {' '.join(fields)} }} }}\n"
+        "    pageInfo { hasNextPage }\n"
+        "  }\n"
+        "}"
+    )
+
+
+ACCOUNTS_QUERY = accounts_query()
+
+
+def account_kind(node: Mapping[str, Any]) -> AccountKind | None:
+    """The kind an Xledger account's flags state (see :data:`ACCOUNT_KIND_FLAGS`)."""
+    return next((kind for name, kind in ACCOUNT_KIND_FLAGS if node.get(name) is True), None)
+
 
 PROBE_QUERY = "query Probe { accounts(first: 1) { edges { node { code } } } }"
 
@@ -503,7 +536,7 @@ class XledgerAdapter(RecordAdapter):
         if request_errors and not tolerate_errors:
             text = _error_text(request_errors[0])
             if "data" not in body:
-                raise RunAbort(f"{text} (refused before anything was stored)")
+                raise RunAbort(f"{text} ({REFUSED_UNRUN})")
             if write:
                 raise OutcomeUnknown(f"{text}; it may have stored the vouchers")
             raise TransientError(text)
@@ -611,14 +644,24 @@ class XledgerAdapter(RecordAdapter):
         return found
 
     def reference_codes(self) -> list[ReferenceCode]:
+        """The whole chart, each account with its kind where Xledger's flags state one. A
+        tenant whose schema refuses the flags (Xledger validates a query before running it, and
+        refuses it whole) is asked once more without them: kinds unknown, nothing else lost."""
+        try:
+            nodes = list(self._pages(ACCOUNTS_QUERY, "accounts", {}))
+        except RunAbort as exc:
+            if REFUSED_UNRUN not in str(exc):
+                raise
+            nodes = list(self._pages(accounts_query(with_kinds=False), "accounts", {}))
         return [
             ReferenceCode(
                 code=str(node["code"]),
                 name=str(node.get("description") or ""),
                 postable=bool(node.get("posting", True)),
                 note="" if node.get("posting", True) else "not a posting account",
+                kind=account_kind(node),
             )
-            for node in self._pages(ACCOUNTS_QUERY, "accounts", {})
+            for node in nodes
         ]
 
     def lookup(self, keys: list[str]) -> dict[str, str]:

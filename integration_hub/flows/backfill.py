@@ -26,9 +26,11 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 
 from integration_hub.flows.export_expense_claims import export_expense_claims
-from integration_hub.flows.pipeline import ExportNotReady, alert, artifact_key
+from integration_hub.flows.pipeline import ExportNotReady, alert, artifact_key, run_name
+from integration_hub.models import RunFailure
 from integration_hub.money import format_nok
 from integration_hub.tasks.context import load_context
+from integration_hub.tasks.failures import RunStopped
 from integration_hub.tasks.record import finished_windows
 from integration_hub.tasks.windows import chunk_windows
 
@@ -68,7 +70,7 @@ def _chunk_entry(index: int, total: int, window: tuple[date, date]) -> dict[str,
 
 @flow(
     name="backfill-exports",
-    flow_run_name="backfill-integration-{integration_id}-{start}-{end}",
+    flow_run_name=run_name,
     log_prints=False,
 )
 def backfill_exports(
@@ -95,9 +97,22 @@ def backfill_exports(
         if previous is not None:
             entry.update(run_id=previous, status="already done")
         else:
-            summary = export_expense_claims(
-                integration_id=integration_id, since=window[0], until=window[1], trigger=TRIGGER
-            )
+            try:
+                summary = export_expense_claims(
+                    integration_id=integration_id,
+                    since=window[0],
+                    until=window[1],
+                    trigger=TRIGGER,
+                )
+            except RunStopped as stopped:
+                if stopped.failure is RunFailure.CANCELLED:
+                    raise
+                # The chunk's run is recorded with why; the next chunks would stop alike.
+                entry.update(run_id=stopped.run_id, status="failed", error=stopped.reason)
+                chunks.append(entry)
+                if listener is not None:
+                    listener(entry)
+                break
             entry.update({name: summary[name] for name in COUNTS if name in summary})
             entry.update(run_id=summary["run_id"], status=summary["status"])
             entry["already_exported"] = max(
@@ -161,6 +176,7 @@ def _result(
         "chunks_done": sum(1 for c in chunks if c["status"] != "failed"),
         "chunks_skipped": sum(1 for c in chunks if c["status"] == "already done"),
         "status": status,
+        "error": next((c["error"] for c in chunks if c.get("error")), None),
         **totals,
     }
 

@@ -36,12 +36,14 @@ from integration_hub.models import (
     Organisation,
     OutcomeStatus,
     RecordOutcome,
+    RunFailure,
     RunStatus,
     SyncRun,
     utcnow,
 )
 from integration_hub.settings import get_settings
 from integration_hub.tasks import activities as steps
+from integration_hub.tasks import failures
 from integration_hub.tasks import lease as lease_step
 from integration_hub.tasks.context import ExportNotReady, RunContext, load_context
 from integration_hub.tasks.record import fail_run, run_summary, start_run
@@ -178,6 +180,7 @@ def record_report_run(
         else:
             run.status = RunStatus.SUCCEEDED.value
         run.error = error[:2000] if error else None
+        run.failure = delivery.get("failure") if error else None
         run.finished_at = now
         session.add(run)
         summary = run_summary(run)
@@ -247,7 +250,9 @@ def deliver_report(
         try:
             submission = adapter.submit_report(number, files.csv_bytes, files.summary_text)
         except Exception as exc:  # recorded as the run's reason; the flow then raises
-            return delivery, adapter.redact(f"{type(exc).__name__}: {exc}"), adapter.requests_sent
+            failure, reason = failures.classify(exc, adapter.display_name)
+            delivery["failure"] = failure.value
+            return delivery, adapter.redact(reason), adapter.requests_sent
     delivery["instance_id"] = submission.instance_id
     delivery["instance_status"] = submission.status
     return delivery, None, submission.requests
@@ -345,15 +350,18 @@ def export_activities(
         summary["target"] = context.display_name
         _publish(context, summary)
     except BaseException as exc:
-        fail_run(run_id, f"{type(exc).__name__}: {exc}")
-        raise
+        failure, reason = failures.classify(exc, context.display_name)
+        fail_run(run_id, reason, failure=failure)
+        if not isinstance(exc, Exception) or failure is RunFailure.BUSY:
+            raise
+        raise failures.RunStopped(run_id, failure, reason) from exc
     finally:
         if lease is not None:
             lease.release()
     if error:
-        raise ReportNotDelivered(f"run {run_id}: {error}; the file is at {delivery['csv_path']}")
+        raise failures.RunStopped(
+            run_id,
+            RunFailure(delivery.get("failure") or RunFailure.UNREACHABLE),
+            f"the report was not delivered: {error}; the file is at {delivery['csv_path']}",
+        )
     return summary
-
-
-class ReportNotDelivered(RuntimeError):
-    """The API delivery failed; the run, its outcomes and the written file are recorded."""

@@ -14,7 +14,9 @@ from prefect import flow
 from integration_hub.flows.pipeline import (  # re-exported: callers and tests import them here
     ExportNotReady,
     artifact_key,
+    final_state,
     preview,
+    run_name,
     run_pipeline,
     summary_markdown,
 )
@@ -28,24 +30,26 @@ __all__ = [
 ]
 
 
-@flow(name="export-expense-claims", log_prints=False)
+@flow(name="export-expense-claims", flow_run_name=run_name, log_prints=False)
 def export_expense_claims(
     integration_id: int,
     since: date | None = None,
     until: date | None = None,
     dry_run: bool = False,
     trigger: str = "manual",
-) -> dict[str, Any]:
+) -> Any:
     """Export approved expense claims of one integration; every claim ends with an outcome.
 
     ``trigger`` names the run in the history: schedule, manual, backfill (a backfill's chunks
     alert once for the whole backfill, not per chunk) or retry.
     """
-    return run_pipeline(
-        integration_id,
-        since=since,
-        until=until,
-        dry_run=dry_run,
-        trigger=trigger,
-        alerts=trigger != "backfill",
+    return final_state(
+        run_pipeline(
+            integration_id,
+            since=since,
+            until=until,
+            dry_run=dry_run,
+            trigger=trigger,
+            alerts=trigger != "backfill",
+        )
     )

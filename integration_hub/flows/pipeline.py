@@ -34,6 +34,7 @@ from integration_hub.adapters.base import (
     RecordAdapter,
     RunAbort,
     SchemaDrift,
+    TransientError,
 )
 from integration_hub.adapters.factory import (
     build_adapter,
@@ -44,12 +45,12 @@ from integration_hub.adapters.registry import get_type
 from integration_hub.db import app_engine, hub_session
 from integration_hub.ledger import Ledger
 from integration_hub.mappings.resolver import empty_failures, map_claims
-from integration_hub.models import Integration, OutcomeStatus, RunStatus, SyncRun
+from integration_hub.models import Integration, OutcomeStatus, RunFailure, RunStatus, SyncRun
 from integration_hub.money import format_amount, format_nok
 from integration_hub.schemas import gl_lines_schema, validate_lines
 from integration_hub.tasks import extract as extract_step
+from integration_hub.tasks import failures, notify
 from integration_hub.tasks import lease as lease_step
-from integration_hub.tasks import notify
 from integration_hub.tasks.context import ExportNotReady, RunContext, load_context
 from integration_hub.tasks.load import (
     LoadReport,
@@ -100,7 +101,7 @@ def extract(
     extracted = len(extracted_claims)
     exported = _ledger(context).exported_versions()
     claims, changed = extract_step.drop_already_exported(extracted_claims, exported)
-    claims, excluded = extract_step.apply_exclusions(claims, set(context.excluded))
+    claims, excluded = extract_step.apply_exclusions(claims, set(context.excluded), context.ignored)
     skipped = [changed, excluded]
     if record_ids is not None:
         skipped.append(extract_step.not_resent(record_ids, extracted_claims, claims, exported))
@@ -182,7 +183,7 @@ def load(
         stop = schema_stop_reason(adapter.display_name, drift)
         if stop is not None:
             logger.error("%s", stop)
-            report = LoadReport(requests=checked, aborted=stop)
+            report = LoadReport(requests=checked, aborted=stop, failure=RunFailure.CONFIGURATION)
             report.add(records_of(lines), OutcomeStatus.FAILED, f"not sent: {stop}")
             return report
     report = load_lines(
@@ -253,6 +254,7 @@ def record(
         extracted=extracted,
         requests_sent=report.requests if report else 0,
         error=report.aborted if report else None,
+        failure=report.failure if report else None,
         write_outcomes=dry_run_lines is None,
     )
     summary["target"] = context.display_name
@@ -308,6 +310,54 @@ def _ledger(context: RunContext) -> Ledger:
         integration_id=context.integration_id,
         record_type=get_type(context.type_key).record_type,
     )
+
+
+def run_name() -> str:
+    """A flow run's name in the Prefect UI says what ran: ``blindeforbundet-xledger-manual``,
+    with the window (``2026-01-01..2026-01-31``), ``dry-run``, or the run a retry re-sends."""
+    parameters = flow_run.parameters or {}
+    parts: list[str] = []
+    integration_id = parameters.get("integration_id")
+    retry_of = parameters.get("run_id")
+    if integration_id is None and retry_of is not None:
+        with hub_session() as session:
+            retried = session.get(SyncRun, int(retry_of))
+            integration_id = retried.integration_id if retried is not None else None
+    if integration_id is not None:
+        with hub_session() as session:
+            integration = session.get(Integration, int(integration_id))
+        if integration is not None:
+            parts += [notify.organisation_slug(integration.organisation_id), integration.type_key]
+    if retry_of is not None:
+        parts.append(f"retry-of-run-{retry_of}")
+    else:
+        parts.append(str(parameters.get("trigger") or "backfill"))
+    since = parameters.get("since") or parameters.get("start")
+    until = parameters.get("until") or parameters.get("end")
+    if since or until:
+        parts.append(f"{since or '…'}..{until or '…'}")
+    if parameters.get("dry_run"):
+        parts.append("dry-run")
+    return "-".join(str(p) for p in parts) or "export"
+
+
+def final_state(summary: dict[str, Any]) -> Any:
+    """What a flow returns: the summary, as a named state when the run is not a clean success
+    ("Completed with failures", or "Stopped" with why), so the Prefect UI shows it at a glance.
+    Callers of the flow still get the summary itself.
+
+    Not on a retried attempt: Prefect (3.x) then re-raises the earlier attempt's exception to
+    the caller of a flow that returns a State, so a retried run ends plainly "Completed"."""
+    from prefect.states import Completed
+
+    if (flow_run.run_count or 1) > 1:
+        return summary
+    if summary["status"] == RunStatus.PARTIAL.value:
+        counts = f"{summary['failed']} failed, {summary.get('waiting', 0)} waiting to be confirmed"
+        return Completed(name="Completed with failures", message=counts, data=summary)
+    if summary["status"] == RunStatus.FAILED.value:
+        return Completed(name="Stopped", message=str(summary.get("error") or ""), data=summary)
+    return summary
 
 
 def artifact_key(*parts: object) -> str:
@@ -398,15 +448,39 @@ def run_pipeline(
         retry_of_run_id=retry_of_run_id,
     )
     lease = None
+    budget = failures.retry_budget(trigger)
     try:
         if not dry_run:
             what = f"{context.display_name} for {notify.organisation_slug(context.organisation_id)}"
             lease = lease_step.acquire(integration_id, run_id, what=what)
             interrupt_dead_runs(integration_id, current_run_id=run_id)
-        claims, skipped, extracted = extract(context, since, until, record_ids)
-        lines, map_failures = map_fields(context, claims)
-        valid, invalid = validate(context, lines)
-        report = None if dry_run else load(context, run_id, valid, lease)
+        while True:
+            claims, skipped, extracted = extract(context, since, until, record_ids)
+            lines, map_failures = map_fields(context, claims)
+            try:
+                valid, invalid = validate(context, lines)
+                report = None if dry_run else load(context, run_id, valid, lease)
+            except TransientError as exc:  # a read before sending found the target down
+                unreachable, report = str(exc), None
+            else:
+                unreachable = report.unreachable if report is not None else None
+            if unreachable is None:
+                break
+            wait = budget.next_wait()
+            if wait is None:
+                reason = failures.unreachable_reason(
+                    context.display_name, unreachable, budget.tried_s
+                )
+                if report is None:
+                    raise failures.RunStopped(run_id, RunFailure.UNREACHABLE, reason)
+                report.aborted = reason
+                break
+            waiting = failures.waiting_message(
+                context.display_name, unreachable, wait, budget.attempts + 1
+            )
+            get_run_logger().warning("%s", waiting)
+            failures.announce(waiting)
+            budget.sleep(wait)
         summary = record(
             context,
             run_id,
@@ -419,15 +493,18 @@ def run_pipeline(
             dry_run_lines=valid if dry_run else None,
         )
     except BaseException as exc:
-        fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        failure, reason = failures.classify(exc, context.display_name)
+        fail_run(run_id, reason, failure=failure)
         # A refused start is the guard working, and Ctrl-C is a person: neither is news.
-        newsworthy = isinstance(exc, Exception) and not isinstance(exc, lease_step.ExportBusy)
+        newsworthy = failure not in (RunFailure.BUSY, RunFailure.CANCELLED)
         if alerts and not dry_run and newsworthy:
             try:
                 alert(context, _stored_summary(run_id), "export.failed")
             except Exception:  # the run's own error is what matters here
                 get_run_logger().warning("could not send the alert of run %s", run_id)
-        raise
+        if not isinstance(exc, Exception) or failure is RunFailure.BUSY:
+            raise  # Ctrl-C and cancellation stay what they are; a busy guard is its own error
+        raise failures.RunStopped(run_id, failure, reason) from exc
     finally:
         if lease is not None:
             lease.release()

@@ -13,14 +13,16 @@ from typing import Any
 
 from prefect import flow
 
-from integration_hub.flows.pipeline import run_pipeline
+from integration_hub.flows.pipeline import final_state, run_name, run_pipeline
 from integration_hub.tasks.record import NothingToRetry, failed_records
 
 
-@flow(name="retry-failed-records", flow_run_name="retry-of-run-{run_id}", log_prints=False)
-def retry_failed_records(run_id: int) -> dict[str, Any]:
+@flow(name="retry-failed-records", flow_run_name=run_name, log_prints=False)
+def retry_failed_records(run_id: int) -> Any:
     """Re-send the failed records of hub run ``run_id``; returns the new run's summary."""
     integration_id, records = failed_records(run_id)
     if not records:
         raise NothingToRetry(f"run {run_id} has no failed records to retry")
-    return run_pipeline(integration_id, trigger="retry", record_ids=records, retry_of_run_id=run_id)
+    return final_state(
+        run_pipeline(integration_id, trigger="retry", record_ids=records, retry_of_run_id=run_id)
+    )

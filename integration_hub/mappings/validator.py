@@ -1,7 +1,8 @@
 """Checks a mapping against the target's live codes, returning every problem at once.
 
-Errors make a mapping unusable; warnings (e.g. a code the target lacks) are shown before saving
-and need an explicit acknowledgement.
+Errors make a mapping unusable; warnings (e.g. a code the target lacks, or an expense mapped to
+an income or balance sheet account) are shown before saving and need an explicit
+acknowledgement.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from integration_hub.adapters.base import ReferenceCode, TargetField
+from integration_hub.adapters.base import AccountKind, ReferenceCode, TargetField
 from integration_hub.mappings.spec import MappingDocument
 from integration_hub.models.app import ClaimCategory
 
@@ -18,6 +19,25 @@ from integration_hub.models.app import ClaimCategory
 class Severity(StrEnum):
     ERROR = "error"
     WARNING = "warning"
+
+
+EXPECTED_KINDS: dict[str, AccountKind] = {
+    "expense_account": AccountKind.EXPENSE,
+    "payable_account": AccountKind.LIABILITY,
+}
+"""The kind of account each side of an expense claim's voucher belongs on: the expense (debit)
+in the income statement's costs, what the organisation owes the volunteer (credit) among the
+liabilities. An account of another kind books the claim as income, or moves it between balance
+sheet accounts, and nothing reaches the costs. Checked only where the target states the kind."""
+
+KIND_WORDS: dict[AccountKind, str] = {
+    AccountKind.ASSET: "an asset account",
+    AccountKind.LIABILITY: "a liability account",
+    AccountKind.EQUITY: "an equity account",
+    AccountKind.INCOME: "an income account",
+    AccountKind.EXPENSE: "an expense account",
+}
+"""Each kind in a sentence (English source text; each message's whole shape is translated)."""
 
 
 @dataclass(frozen=True)
@@ -104,13 +124,25 @@ def validate_mapping(
                         Severity.WARNING, where, f"{target_name} has no {reference_label} {code}"
                     )
                 )
-            elif not reference.postable:
+                continue
+            if not reference.postable:
                 note = f" ({reference.note})" if reference.note else ""
                 problems.append(
                     Problem(
                         Severity.WARNING,
                         where,
                         f"{target_name} {reference_label} {code} cannot be posted to{note}",
+                    )
+                )
+            expected = EXPECTED_KINDS.get(field.name)
+            if expected and reference.kind and reference.kind != expected:
+                actual = KIND_WORDS[AccountKind(reference.kind)]
+                problems.append(
+                    Problem(
+                        Severity.WARNING,
+                        where,
+                        f"{target_name} {reference_label} {code} is {actual}, "
+                        f"not {KIND_WORDS[expected]}",
                     )
                 )
     return problems

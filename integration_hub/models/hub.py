@@ -42,6 +42,18 @@ class RunStatus(StrEnum):
     INTERRUPTED = "interrupted"  # killed mid-way; marked by the next run of its integration
 
 
+class RunFailure(StrEnum):
+    """Why a run did not finish, for people and for the health monitor (``SyncRun.failure``):
+    "the target was unreachable" asks for patience, "the target refused" for an admin."""
+
+    UNREACHABLE = "unreachable"  # connect errors, 5xx, throttling, past the run-level retry time
+    REFUSED = "refused"  # the target stopped the run: credentials, credits, a definitive refusal
+    CONFIGURATION = "configuration"  # the hub's side: settings, credentials, mapping, schema
+    BUSY = "busy"  # another export of the integration held it; nothing was done
+    CANCELLED = "cancelled"  # a person stopped it (Ctrl-C, cancel in Prefect)
+    UNEXPECTED = "unexpected"  # a bug: the reason names it for the operators
+
+
 class OutcomeStatus(StrEnum):
     EXPORTED = "exported"
     FAILED = "failed"
@@ -181,6 +193,9 @@ class SyncRun(SQLModel, table=True):
         default=None, description="The run whose failures it re-sent"
     )
     error: str | None = Field(default=None, max_length=2000)
+    failure: str | None = Field(
+        default=None, max_length=20, description="Why the run did not finish (RunFailure)"
+    )
     started_at: datetime = _ts(index=True, now=True)
     finished_at: datetime | None = _ts()
 
@@ -201,6 +216,28 @@ class RecordOutcome(SQLModel, table=True):
     attempt: int = 1
     amount_ore: int | None = Field(default=None, sa_type=Money)
     summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts(now=True)
+
+
+class IgnoredRecord(SQLModel, table=True):
+    """A record version an admin chose not to export, with why: a claim that can never go
+    through (a test claim, one settled by hand) would otherwise fail every night and keep its
+    integration "failing" for ever. Later runs skip it with the reason; a new version of the
+    record (corrected in the app) is not ignored. Deleting the row (un-ignoring) is audited."""
+
+    __tablename__ = "hub_ignored_records"
+    __table_args__ = (
+        UniqueConstraint("integration_id", "record_type", "record_id", "record_version"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    integration_id: int = Field(foreign_key="hub_integrations.id", index=True)
+    record_type: str = Field(max_length=40)
+    record_id: int
+    record_version: int
+    note: str = Field(max_length=500)
+    ignored_by: str = Field(max_length=120)
+    run_id: int | None = Field(default=None, description="The run whose failure it was")
     created_at: datetime = _ts(now=True)
 
 
@@ -339,6 +376,7 @@ HUB_TABLES = frozenset(
         Exclusion,
         SyncRun,
         RecordOutcome,
+        IgnoredRecord,
         ExportLedger,
         ExportLease,
         RateLimitSlot,

@@ -355,6 +355,30 @@ def _text(entry: Mapping[str, Any], name: str, default: str = "") -> str:
     return value
 
 
+ACCOUNT_CATEGORIES = (
+    " ",
+    "Assets",
+    "Liabilities",
+    "Equity",
+    "Income",
+    "Cost of Goods Sold",
+    "Expense",
+)
+"""``NAV.glAccountCategory``: the v2.0 account resource's documented values (" " is none)."""
+
+
+def _account_category(entry: Mapping[str, Any], number: str) -> str:
+    """The account's category as Business Central's JSON writes an enum member: its CSDL name,
+    so "Cost of Goods Sold" is ``Cost_x0020_of_x0020_Goods_x0020_Sold`` and none is
+    ``_x0020_`` (what public clients of the v2.0 accounts API match on)."""
+    value = _text(entry, "category", " ") or " "
+    by_name = {_xml_name(member): member for member in ACCOUNT_CATEGORIES}
+    member = by_name.get(value, value)
+    if member not in ACCOUNT_CATEGORIES:
+        raise SandboxSetupError(f"account {number}: unknown category {value}")
+    return _xml_name(member)
+
+
 def _flag(entry: Mapping[str, Any], name: str, default: bool) -> bool:
     value = entry.get(name, default)
     if not isinstance(value, bool):
@@ -486,7 +510,8 @@ class Company:
 
     def set_accounts(self, accounts: Iterable[Mapping[str, Any]]) -> None:
         """Replace the chart. Entries: number, displayName, accountType (Posting), blocked,
-        directPosting, category."""
+        directPosting, category (one of :data:`ACCOUNT_CATEGORIES`, as Business Central names
+        it or as its JSON writes it), subCategory."""
         chart: dict[str, dict[str, Any]] = {}
         for entry in accounts:
             if not isinstance(entry, Mapping):
@@ -503,8 +528,8 @@ class Company:
                 "id": _guid(entry.get("id", uuid.uuid4()), "id"),
                 "number": number,
                 "displayName": _text(entry, "displayName"),
-                "category": _text(entry, "category", ""),
-                "subCategory": "",
+                "category": _account_category(entry, number),
+                "subCategory": _text(entry, "subCategory", "")[:80],
                 "blocked": _flag(entry, "blocked", False),
                 "accountType": account_type,
                 "directPosting": _flag(entry, "directPosting", account_type == "Posting"),
@@ -1365,7 +1390,16 @@ _ENTITY_FIELDS: dict[str, set[str]] = {
         "creditAmount",
     },
     "journal": {"id", "code", "displayName", "balancingAccountNumber"},
-    "account": {"id", "number", "displayName", "accountType", "blocked", "directPosting"},
+    "account": {
+        "id",
+        "number",
+        "displayName",
+        "category",
+        "subCategory",
+        "accountType",
+        "blocked",
+        "directPosting",
+    },
     "employee": {"id", "number", "displayName", "status"},
     "vendor": {"id", "number", "displayName", "blocked"},
     "company": {"id", "name", "displayName"},

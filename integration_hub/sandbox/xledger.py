@@ -64,7 +64,11 @@ from starlette.types import Receive, Scope, Send
 
 from integration_hub.sandbox.faults import FaultSwitches
 from integration_hub.sandbox.server import drop_connection, hang
-from integration_hub.sandbox.xledger_schema import SchemaChanges, build_xledger_schema
+from integration_hub.sandbox.xledger_schema import (
+    ACCOUNT_FLAGS,
+    SchemaChanges,
+    build_xledger_schema,
+)
 
 MAX_INPUTS_PER_MUTATION = 500
 DEFAULT_PAGE_SIZE = 100
@@ -195,6 +199,11 @@ def _reference(entry: Mapping[str, Any], kind: str, next_id: Callable[[], int]) 
         if not isinstance(posting, bool):
             raise ValueError(f"account {code}: posting must be true or false")
         result["posting"] = posting
+        for flag in ACCOUNT_FLAGS:  # what kind of account it is; unset: none of them
+            value = entry.get(flag, False)
+            if not isinstance(value, bool):
+                raise ValueError(f"account {code}: {flag} must be true or false")
+            result[flag] = value
     else:
         email = entry.get("email")
         result["email"] = None if email is None else str(email)
@@ -682,11 +691,37 @@ class XledgerSandboxState:
 
 
 def default_accounts() -> list[dict[str, Any]]:
-    """The built-in chart as account dicts (fresh copies)."""
+    """The built-in chart as account dicts (fresh copies), each with its kind's flags."""
     return [
-        {"dbId": ACCOUNT_DBID_BASE + n, "code": code, "description": text, "posting": posting}
+        {
+            "dbId": ACCOUNT_DBID_BASE + n,
+            "code": code,
+            "description": text,
+            "posting": posting,
+            **ns4102_flags(code),
+        }
         for n, (code, text, posting) in enumerate(DEFAULT_CHART, start=1)
     ]
+
+
+def ns4102_flags(code: str) -> dict[str, bool]:
+    """The account flags of an NS 4102 account number, as a Norwegian tenant's chart sets them:
+    class 1 assets, 20 equity, 21-29 liabilities (both balance sheet), 3 revenue, 4-7 costs,
+    8 financial items (80 income, 81 and up costs)."""
+    flags = dict.fromkeys(ACCOUNT_FLAGS, False)
+    first, second = code[:1], code[1:2]
+    if first == "1":
+        flags.update(asset=True, balanceSheet=True)
+    elif first == "2":
+        kind = "equity" if second == "0" else "liabilities"
+        flags.update({kind: True, "balanceSheet": True, "credit": True})
+    elif first == "3":
+        flags.update(revenue=True, credit=True)
+    elif first and first in "4567":
+        flags.update(cost=True)
+    elif first == "8":
+        flags.update(finance=True, **({"revenue": True} if second == "0" else {"cost": True}))
+    return flags
 
 
 # =============================================================================================

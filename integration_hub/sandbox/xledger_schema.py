@@ -221,6 +221,20 @@ def object_sdl(type_name: str, relative: str) -> str:
     return "\n".join(out)
 
 
+ACCOUNT_FLAGS = (
+    "asset",
+    "balanceSheet",
+    "cost",
+    "credit",
+    "equity",
+    "finance",
+    "liabilities",
+    "revenue",
+)
+"""The account's flags that the public account read metadata names (``accounts/read``); their
+type is not published there, and omniboost/go-xledger reads them as booleans."""
+
+
 HAND_WRITTEN_SDL = f"""
 scalar {DATETIME_SCALAR}
 type Query {{
@@ -234,7 +248,10 @@ type Query {{
 }}
 type Mutation {{ addGLImportItems(inputs: [{INPUT_TYPE}!]!): AddGLImportItemsPayload }}
 type PageInfo {{ hasNextPage: Boolean!  hasPreviousPage: Boolean! }}
-type Account {{ dbId: Int!  code: String!  description: String  posting: Boolean! }}
+type Account {{
+  dbId: Int!  code: String!  description: String  posting: Boolean!
+  {" ".join(f"{flag}: Boolean!" for flag in ACCOUNT_FLAGS)}
+}}
 type AccountEdge {{ cursor: String!  node: Account! }}
 type AccountConnection {{ edges: [AccountEdge!]!  pageInfo: PageInfo! }}
 type Employee {{ dbId: Int!  code: String!  description: String  email: String }}

@@ -25,7 +25,7 @@ from integration_hub.mappings.spec import (
 from integration_hub.mappings.validator import Problem
 from integration_hub.models import Integration, IntegrationStatus
 from integration_hub.services import configuration as config
-from integration_hub.services import scheduler, wizard
+from integration_hub.services import scheduler, setup, wizard
 from integration_hub.services.configuration import Actor
 from integration_hub.services.errors import InvalidInput, NotFound, ServiceError
 from integration_hub.services.health import integration_health
@@ -114,13 +114,18 @@ def journals(row: Integration, actor: Actor, company_id: str | None = None) -> l
 
 def read_mapping(document: Any) -> MappingDocument:
     """A mapping document sent as JSON: size-limited, every problem reported at once."""
-    size = len(json.dumps(document, ensure_ascii=False).encode())
-    if size > MAX_MAPPING_BYTES:
-        raise InvalidInput(f"the mapping is larger than {MAX_MAPPING_BYTES // 1024} KiB")
+    check_mapping_size(document)
     try:
         return parse_mapping(document)
     except MappingError as exc:
         raise InvalidInput("the mapping is not valid", exc.problems) from None
+
+
+def check_mapping_size(document: Any) -> None:
+    """Refuse a mapping document sent as JSON that is larger than a mapping file may be."""
+    size = len(json.dumps(document, ensure_ascii=False).encode())
+    if size > MAX_MAPPING_BYTES:
+        raise InvalidInput(f"the mapping is larger than {MAX_MAPPING_BYTES // 1024} KiB")
 
 
 def check_mapping(row: Integration, document: Any, actor: Actor) -> list[Problem]:
@@ -130,7 +135,7 @@ def check_mapping(row: Integration, document: Any, actor: Actor) -> list[Problem
 
 def save_mapping(
     row: Integration, document: Any, actor: Actor, *, accept_warnings: bool
-) -> tuple[int, list[Problem]]:
+) -> config.SavedMapping:
     actor.check_change(row.organisation_id)
     return config.save_mapping(row, read_mapping(document), actor, accept_warnings=accept_warnings)
 
@@ -191,12 +196,27 @@ def set_status(row: Integration, status: IntegrationStatus, actor: Actor) -> dic
     the schedule follows when Prefect can be reached."""
     actor.check_change(row.organisation_id)
     if status is IntegrationStatus.ACTIVE and row.setup_step is not None:
-        wizard.activate(row, actor)
-    else:
-        config.set_status(row, status, actor)
+        setup.activate(row, actor)  # the whole setup, tested again; pushes the schedule
+        return integration_view(row, actor)
+    config.set_status(row, status, actor)
     with contextlib.suppress(scheduler.PrefectUnavailable):
         scheduler.push(row.id or 0)  # else `integrations serve` pushes it when it starts
     return integration_view(row, actor)
+
+
+# -- a whole setup ---------------------------------------------------------------------------
+def apply_setup(
+    org_slug: str, type_key: str, body: dict[str, Any], actor: Actor
+) -> setup.SetupOutcome:
+    """``PUT .../setup``: the setup file's keys as JSON, through the setup service (a mapping
+    is a document, never a path on the hub's disk)."""
+    org = config.organisation(org_slug, actor)  # who may, before the body is read
+    actor.check_change(org.id or 0)
+    mapping = body.get("mapping")
+    if isinstance(mapping, dict):
+        check_mapping_size(mapping)  # the service reports what else is wrong with it
+    request = setup.read_setup(type_key, body, mapping_dir=None)
+    return setup.apply(org_slug, type_key, request, actor)
 
 
 # -- health ------------------------------------------------------------------------------------

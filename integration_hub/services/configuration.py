@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -45,7 +46,12 @@ from integration_hub.adapters.registry import (
     offered_types,
 )
 from integration_hub.db import app_session, hub_session
-from integration_hub.mappings.spec import MappingDocument, load_template, parse_mapping
+from integration_hub.mappings.spec import (
+    MappingDocument,
+    MappingError,
+    load_template,
+    parse_mapping,
+)
 from integration_hub.mappings.validator import Problem, has_errors, validate_mapping, warnings_of
 from integration_hub.models import (
     AuditEntry,
@@ -75,7 +81,8 @@ class Actor:
 
     - ``admin``: one organisation's admin (``organisation_id``): reads and changes only that
       organisation's integrations;
-    - ``operator``: reads every organisation's integrations and may retry runs, changes nothing;
+    - ``operator``: reads every organisation's integrations and may retry runs, never changes
+      an integration's configuration; adds organisations and decides what each is offered;
     - ``local``: someone at the hub's own command line, who holds the vault key anyway.
     """
 
@@ -93,6 +100,21 @@ class Actor:
         self.check(organisation_id)
         if self.role == "operator":
             raise Forbidden("operators can read and retry runs, not change configuration")
+
+    def may_change(self, organisation_id: int) -> bool:
+        """Whether :meth:`check_change` lets this actor change ``organisation_id``'s
+        integrations: pages show a read-only view instead of a form that would be refused."""
+        try:
+            self.check_change(organisation_id)
+        except Forbidden:
+            return False
+        return True
+
+    @property
+    def manages_tenancy(self) -> bool:
+        """May add and rename organisations and choose the integration types each is offered
+        (services/tenancy.py): the hub's operators and its command line, never an admin."""
+        return self.organisation_id is None and self.role in ("local", "operator")
 
     @property
     def is_local(self) -> bool:
@@ -151,8 +173,8 @@ def enabled_flags(organisation_id: int) -> set[str]:
 
 
 def set_feature_flag(organisation_id: int, flag: str, enabled: bool, actor: Actor) -> None:
-    if not actor.is_local:
-        raise Forbidden("only the hub's operators at its command line change what is offered")
+    if not actor.manages_tenancy:
+        raise Forbidden("only the hub's operators change what an organisation is offered")
     with hub_session() as session:
         row = session.exec(
             select(FeatureFlag).where(
@@ -224,26 +246,66 @@ def reload(integration_row: Integration) -> Integration:
     return stored
 
 
-def save_configuration(integration_row: Integration, values: dict[str, str], actor: Actor) -> None:
-    """Store settings and secrets. A blank secret or a submitted mask keeps the stored one."""
+@dataclass(frozen=True)
+class ConfigurationChange:
+    """What :func:`check_configuration` found a submitted configuration would store: every
+    setting (the whole new ``settings``), the secrets typed anew (plaintext, kept out of the
+    repr), the stored secrets kept, the endpoint binding the secrets go with and the endpoint
+    fields whose origin moves. Checking and storing are apart so that the setup service can
+    check a whole setup, test it, and only then store it in one transaction."""
+
+    settings: dict[str, Any]
+    new_secrets: dict[str, str] = field(repr=False)
+    kept_secrets: tuple[str, ...]
+    endpoint: str | None
+    moved: dict[str, tuple[str, str]]
+    before: dict[str, Any]
+
+    @property
+    def changed(self) -> bool:
+        """Whether storing it would change anything (settings or a secret)."""
+        return bool(self.new_secrets) or self.settings != self.before
+
+
+def check_configuration(
+    integration_row: Integration,
+    values: dict[str, str],
+    actor: Actor,
+    *,
+    base: dict[str, Any] | None = None,
+    stored_secrets: set[str] | None = None,
+) -> ConfigurationChange:
+    """Check settings and secrets without storing anything; every problem at once
+    (:class:`InvalidInput`). A blank secret or a submitted mask keeps the stored one.
+
+    ``base`` are the settings the values change (default: the stored ones) and
+    ``stored_secrets`` the names of the secrets that exist (default: the vault's for this
+    integration): a staged change passes its own."""
     actor.check_change(integration_row.organisation_id)
     model = get_type(integration_row.type_key).config_model
     secret_names = set(model.secret_fields())
     unknown = sorted(set(values) - set(model.model_fields))
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(unknown)}")
-    vault = CredentialVault.from_settings()
-    with hub_session() as session:
-        stored = vault.masked(session, integration_id=integration_row.id or 0)
+    CredentialVault.from_settings()  # no key ring: say so before anything else
+    if stored_secrets is None:
+        with hub_session() as session:
+            stored_secrets = set(
+                CredentialVault.masked(session, integration_id=integration_row.id or 0)
+                if integration_row.id is not None
+                else {}
+            )
     new_secrets = {
         name: value
         for name, value in values.items()
         if name in secret_names and value and not is_mask(value)
     }
-    settings = {**integration_row.settings}
+    if base is None:
+        base = reload(integration_row).settings if integration_row.id is not None else {}
+    settings = {**base}
     settings.update({k: v for k, v in values.items() if k not in secret_names and v != ""})
     # Validate the whole shape; a kept secret is stood in for by a placeholder.
-    candidate = {**settings, **{n: SecretStr("kept") for n in secret_names if n in stored}}
+    candidate = {**settings, **{n: SecretStr("kept") for n in secret_names if n in stored_secrets}}
     candidate.update(new_secrets)
     try:
         config = model.model_validate(candidate)
@@ -251,8 +313,8 @@ def save_configuration(integration_row: Integration, values: dict[str, str], act
         problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise InvalidInput("the configuration is not valid", problems) from None
     adapter_type = get_type(integration_row.type_key)
-    moved = _check_endpoints(adapter_type, reload(integration_row).settings, config.settings())
-    kept = sorted(name for name in stored if name in secret_names and name not in new_secrets)
+    moved = _check_endpoints(adapter_type, base, config.settings())
+    kept = sorted(n for n in stored_secrets if n in secret_names and n not in new_secrets)
     if moved and kept:
         # A stored secret only ever goes where it was entered for.
         raise InvalidInput(
@@ -260,37 +322,49 @@ def save_configuration(integration_row: Integration, values: dict[str, str], act
             f"address; enter {', '.join(kept)} again in the same form",
             [f"{name}: enter it again with the new address" for name in kept],
         )
-    endpoint = binding(model, config.settings())
+    return ConfigurationChange(
+        settings=config.settings(),
+        new_secrets=new_secrets,
+        kept_secrets=tuple(kept),
+        endpoint=binding(model, config.settings()),
+        moved=moved,
+        before=dict(base),
+    )
+
+
+def apply_configuration(
+    session: Session, integration_row: Integration, change: ConfigurationChange, actor: Actor
+) -> None:
+    """Store a checked configuration in ``session`` (the caller's transaction); the caller
+    forgets the cached reference codes once it is committed."""
+    vault = CredentialVault.from_settings()
+    row = session.get(Integration, integration_row.id)
+    assert row is not None
+    if change.new_secrets or change.settings != row.settings:
+        # The last connection test was of other credentials: it no longer says anything.
+        row.last_test_status = row.last_test_detail = row.last_test_at = None
+    row.settings = change.settings
+    row.updated_at = utcnow()
+    session.add(row)
+    store_secrets(session, vault, row, change.new_secrets, actor, change.endpoint)
+    audit(
+        session,
+        actor,
+        "integration.configured",
+        row,
+        settings=sorted(change.settings),
+        secrets_replaced=sorted(change.new_secrets),
+        endpoints_changed={
+            name: {"from": old, "to": new} for name, (old, new) in change.moved.items()
+        },
+    )
+
+
+def save_configuration(integration_row: Integration, values: dict[str, str], actor: Actor) -> None:
+    """Store settings and secrets. A blank secret or a submitted mask keeps the stored one."""
+    change = check_configuration(integration_row, values, actor)
     with hub_session() as session:
-        row = session.get(Integration, integration_row.id)
-        assert row is not None
-        if new_secrets or config.settings() != row.settings:
-            # The last connection test was of other credentials: it no longer says anything.
-            row.last_test_status = row.last_test_detail = row.last_test_at = None
-        row.settings = config.settings()
-        row.updated_at = utcnow()
-        session.add(row)
-        for name, value in new_secrets.items():
-            vault.store(
-                session,
-                organisation_id=row.organisation_id,
-                integration_id=row.id or 0,
-                field=name,
-                plaintext=value,
-                actor=actor.name,
-                endpoint=endpoint,
-            )
-        audit(
-            session,
-            actor,
-            "integration.configured",
-            row,
-            settings=sorted(config.settings()),
-            secrets_replaced=sorted(new_secrets),
-            endpoints_changed={
-                name: {"from": old, "to": new} for name, (old, new) in moved.items()
-            },
-        )
+        apply_configuration(session, integration_row, change, actor)
     forget_reference_codes(integration_row.id)
 
 
@@ -324,7 +398,8 @@ def credential_form(integration_row: Integration, actor: Actor) -> list[dict[str
     fields = []
     for name, info in model.model_fields.items():
         secret = name in model.secret_fields()
-        value = masks.get(name, "") if secret else integration_row.settings.get(name, info.default)
+        default = None if info.is_required() else info.default  # not "PydanticUndefined"
+        value = masks.get(name, "") if secret else integration_row.settings.get(name, default)
         label, help_text = model.field_text(name)
         fields.append(
             {
@@ -360,19 +435,56 @@ def test_connection(integration_row: Integration, actor: Actor) -> ConnectionRes
     with hub_session() as session:
         row = session.get(Integration, integration_row.id)
         assert row is not None
-        row.last_test_status = result.status.value
-        row.last_test_detail = result.detail[:500]
-        row.last_test_at = utcnow()
-        session.add(row)
-        audit(
-            session,
-            actor,
-            "integration.connection_tested",
-            row,
-            status=result.status.value,
-            elapsed_ms=result.elapsed_ms,
-        )
+        remember_connection_test(session, row, result, actor)
     return result
+
+
+def remember_connection_test(
+    session: Session,
+    row: Integration,
+    result: ConnectionResult,
+    actor: Actor,
+    *,
+    audited: Integration | None = None,
+    **details: Any,
+) -> None:
+    """Keep a connection test's answer on ``row`` (for the health monitor and the wizard) and
+    audit it against ``audited`` (the integration itself, also when ``row`` is its staged
+    change)."""
+    row.last_test_status = result.status.value
+    row.last_test_detail = result.detail[:500]
+    row.last_test_at = utcnow()
+    session.add(row)
+    audit(
+        session,
+        actor,
+        "integration.connection_tested",
+        audited or row,
+        status=result.status.value,
+        elapsed_ms=result.elapsed_ms,
+        **details,
+    )
+
+
+def store_secrets(
+    session: Session,
+    vault: CredentialVault,
+    row: Integration,
+    secrets: dict[str, str],
+    actor: Actor,
+    endpoint: str | None,
+) -> None:
+    """Encrypt ``secrets`` as credentials of ``row``, bound to ``endpoint``."""
+    for name, value in secrets.items():
+        vault.store(
+            session,
+            organisation_id=row.organisation_id,
+            integration_id=row.id or 0,
+            field=name,
+            plaintext=value,
+            actor=actor.name,
+            endpoint=endpoint,
+        )
 
 
 def reference_codes(integration_row: Integration, actor: Actor) -> list[ReferenceCode]:
@@ -483,20 +595,32 @@ def check_mapping(
     integration_row: Integration, mapping: MappingDocument, actor: Actor
 ) -> list[Problem]:
     """Every problem with ``mapping``, checked against the target's live codes when reachable."""
-    adapter_type = get_type(integration_row.type_key)
     codes: list[ReferenceCode] | None
     error = None
     try:
         codes = reference_codes(integration_row, actor)
     except Exception as exc:  # unreachable target: the check says so, saving still possible
         codes, error = None, _short_error(exc)
+    return mapping_problems(integration_row.type_key, mapping, codes, error)
+
+
+def mapping_problems(
+    type_key: str,
+    mapping: MappingDocument,
+    codes: list[ReferenceCode] | None,
+    error: str | None = None,
+) -> list[Problem]:
+    """Every problem with ``mapping`` for a type, against ``codes`` (None: not checked,
+    ``error`` says why): what :func:`check_mapping` asks of the stored configuration's target,
+    and the setup service of a configuration not stored yet."""
+    adapter_type = get_type(type_key)
     return validate_mapping(
         mapping,
         target_key=adapter_type.key,
         target_name=adapter_type.display_name,
-        target_fields=adapter_type.target_fields,
+        target_fields=getattr(adapter_type, "target_fields", ()),
         reference_codes=codes,
-        reference_label=adapter_type.reference_label,
+        reference_label=getattr(adapter_type, "reference_label", "account"),
         reference_error=error,
     )
 
@@ -509,43 +633,103 @@ def _short_error(exc: Exception) -> str:
     return type(exc).__name__
 
 
+@dataclass(frozen=True)
+class SavedMapping:
+    """What :func:`save_mapping` did. ``version`` is the mapping's current version: a new one,
+    or, when ``unchanged``, the saved one the document equals (nothing was written). Unpacks as
+    ``version, problems`` for the callers that need no more."""
+
+    version: int
+    problems: list[Problem]
+    unchanged: bool = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.version, self.problems))
+
+
+def unchanged_mapping_version(
+    session: Session, integration_row: Integration, document: MappingDocument
+) -> int | None:
+    """The latest saved version when ``document`` is the same mapping, else None. Compared
+    normalised (both parsed and dumped as stored), so comments, quoting, key order and YAML
+    against JSON make no difference: saving the same mapping again is not a change."""
+    previous = latest_mapping(session, integration_row.id or 0)
+    if previous is None:
+        return None
+    try:
+        stored = parse_mapping(previous.document)
+    except MappingError:  # written by an older hub under other rules: a new version replaces it
+        return None
+    as_stored = {"mode": "json", "exclude_none": True}
+    if stored.model_dump(**as_stored) != document.model_dump(**as_stored):
+        return None
+    return previous.version
+
+
 def save_mapping(
     integration_row: Integration,
     mapping: MappingDocument | dict[str, Any] | str,
     actor: Actor,
     *,
     accept_warnings: bool = False,
-) -> tuple[int, list[Problem]]:
-    """Save a new mapping version. Errors refuse; warnings need ``accept_warnings``."""
+) -> SavedMapping:
+    """Save a new mapping version. Errors refuse; warnings need ``accept_warnings``. A mapping
+    equal to the saved version is not saved again (``unchanged``, with its problems for the
+    caller to show; its warnings were acknowledged when it was saved)."""
     actor.check_change(integration_row.organisation_id)
     document = mapping if isinstance(mapping, MappingDocument) else parse_mapping(mapping)
     problems = check_mapping(integration_row, document, actor)
+    if not has_errors(problems):
+        with hub_session() as session:
+            same = unchanged_mapping_version(session, integration_row, document)
+        if same is not None:
+            return SavedMapping(same, problems, unchanged=True)
+    warnings = refuse_mapping_problems(problems, accept_warnings=accept_warnings)
+    with hub_session() as session:
+        version = add_mapping_version(session, integration_row, document, warnings, actor)
+    return SavedMapping(version, problems)
+
+
+def refuse_mapping_problems(problems: list[Problem], *, accept_warnings: bool) -> list[str]:
+    """Errors refuse (:class:`InvalidInput`), warnings unless accepted
+    (:class:`WarningsNotAcknowledged`); returns the warnings that are acknowledged."""
     if has_errors(problems):
         raise InvalidInput("the mapping has errors", [str(p) for p in problems])
     warnings = warnings_of(problems)
     if warnings and not accept_warnings:
         raise WarningsNotAcknowledged(warnings)
-    with hub_session() as session:
-        previous = latest_mapping(session, integration_row.id or 0)
-        version = (previous.version if previous else 0) + 1
-        session.add(
-            FieldMapping(
-                integration_id=integration_row.id or 0,
-                version=version,
-                document=document.model_dump(mode="json", exclude_none=True),
-                acknowledged_warnings=warnings,
-                created_by=actor.name,
-            )
-        )
-        audit(
-            session,
-            actor,
-            "mapping.saved",
-            integration_row,
+    return warnings
+
+
+def add_mapping_version(
+    session: Session,
+    integration_row: Integration,
+    document: MappingDocument,
+    warnings: list[str],
+    actor: Actor,
+) -> int:
+    """Store a checked mapping as the next version in ``session`` (the caller's
+    transaction); returns the version."""
+    previous = latest_mapping(session, integration_row.id or 0)
+    version = (previous.version if previous else 0) + 1
+    session.add(
+        FieldMapping(
+            integration_id=integration_row.id or 0,
             version=version,
+            document=document.model_dump(mode="json", exclude_none=True),
             acknowledged_warnings=warnings,
+            created_by=actor.name,
         )
-    return version, problems
+    )
+    audit(
+        session,
+        actor,
+        "mapping.saved",
+        integration_row,
+        version=version,
+        acknowledged_warnings=warnings,
+    )
+    return version
 
 
 # -- schedule, exclusions, status --------------------------------------------------------------
@@ -594,21 +778,33 @@ def set_schedule(
     check_schedulable(integration_row)
     validate_schedule(cron, timezone)
     with hub_session() as session:
-        row = session.exec(
-            select(SyncSchedule).where(SyncSchedule.integration_id == integration_row.id)
-        ).first() or SyncSchedule(integration_id=integration_row.id or 0, cron=cron)
-        row.cron, row.timezone, row.enabled, row.updated_at = cron, timezone, enabled, utcnow()
-        session.add(row)
-        audit(
-            session,
-            actor,
-            "schedule.set",
-            integration_row,
-            cron=cron,
-            timezone=timezone,
-            enabled=enabled,
-        )
-        return row
+        return store_schedule(session, integration_row, cron, timezone, enabled, actor)
+
+
+def store_schedule(
+    session: Session,
+    integration_row: Integration,
+    cron: str,
+    timezone: str,
+    enabled: bool,
+    actor: Actor,
+) -> SyncSchedule:
+    """Store a checked schedule in ``session`` (the caller's transaction)."""
+    row = session.exec(
+        select(SyncSchedule).where(SyncSchedule.integration_id == integration_row.id)
+    ).first() or SyncSchedule(integration_id=integration_row.id or 0, cron=cron)
+    row.cron, row.timezone, row.enabled, row.updated_at = cron, timezone, enabled, utcnow()
+    session.add(row)
+    audit(
+        session,
+        actor,
+        "schedule.set",
+        integration_row,
+        cron=cron,
+        timezone=timezone,
+        enabled=enabled,
+    )
+    return row
 
 
 def get_schedule(integration_row: Integration) -> SyncSchedule | None:
@@ -634,6 +830,14 @@ def list_exclusions(integration_row: Integration) -> list[str]:
 def set_exclusions(integration_row: Integration, categories: list[str], actor: Actor) -> list[str]:
     """Replace the excluded categories (unknown ones are refused, nothing changed)."""
     actor.check_change(integration_row.organisation_id)
+    wanted = check_exclusions(integration_row, categories)
+    with hub_session() as session:
+        store_exclusions(session, integration_row, wanted, actor)
+    return wanted
+
+
+def check_exclusions(integration_row: Integration, categories: list[str]) -> list[str]:
+    """The categories, sorted, if the type offers every one (else :class:`InvalidInput`)."""
     choices = exclusion_choices(integration_row)
     unknown = sorted(set(categories) - set(choices))
     if unknown:
@@ -641,20 +845,26 @@ def set_exclusions(integration_row: Integration, categories: list[str], actor: A
             f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} "
             f"(choose from {', '.join(choices)})"
         )
+    return sorted(set(categories))
+
+
+def store_exclusions(
+    session: Session, integration_row: Integration, categories: list[str], actor: Actor
+) -> None:
+    """Replace the excluded categories in ``session`` (the caller's transaction) with checked
+    ones."""
     wanted = set(categories)
-    with hub_session() as session:
-        existing = {
-            e.category: e
-            for e in session.exec(
-                select(Exclusion).where(Exclusion.integration_id == integration_row.id)
-            ).all()
-        }
-        for category in set(existing) - wanted:
-            session.delete(existing[category])
-        for category in wanted - set(existing):
-            session.add(Exclusion(integration_id=integration_row.id or 0, category=category))
-        audit(session, actor, "exclusions.set", integration_row, categories=sorted(wanted))
-    return sorted(wanted)
+    existing = {
+        e.category: e
+        for e in session.exec(
+            select(Exclusion).where(Exclusion.integration_id == integration_row.id)
+        ).all()
+    }
+    for category in set(existing) - wanted:
+        session.delete(existing[category])
+    for category in wanted - set(existing):
+        session.add(Exclusion(integration_id=integration_row.id or 0, category=category))
+    audit(session, actor, "exclusions.set", integration_row, categories=sorted(wanted))
 
 
 def set_status(integration_row: Integration, status: IntegrationStatus, actor: Actor) -> None:

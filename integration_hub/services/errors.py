@@ -43,3 +43,14 @@ class WarningsNotAcknowledged(ServiceError):
             f"{len(warnings)} warning(s) need an explicit acknowledgement before saving"
         )
         self.warnings = warnings
+
+
+class RunFailed(ServiceError):
+    """A run was started and did not finish; it is recorded (``run_id``) with the same reason,
+    and ``failure`` says what kind of stop it was (:class:`integration_hub.models.RunFailure`):
+    the CLI's exit code and the pages' wording follow from it."""
+
+    def __init__(self, run_id: int, failure: str, reason: str) -> None:
+        super().__init__(reason)
+        self.run_id = run_id
+        self.failure = failure

@@ -13,9 +13,10 @@ from typing import Any
 
 from integration_hub.models import Integration, utcnow
 from integration_hub.services.configuration import Actor
-from integration_hub.services.errors import InvalidInput, NotFound, ServiceError
+from integration_hub.services.errors import InvalidInput, NotFound, RunFailed, ServiceError
 from integration_hub.tasks import lease
 from integration_hub.tasks.context import ExportNotReady, IntegrationNotFound
+from integration_hub.tasks.failures import RunStopped
 from integration_hub.tasks.record import NothingToRetry
 
 
@@ -26,9 +27,12 @@ class ExportRunning(ServiceError):
 @contextmanager
 def refused_when_busy() -> Iterator[None]:
     """Turn what a flow refuses to do (another export running, no mapping yet, nothing to
-    retry) into service errors, which pages and the CLI show as they are."""
+    retry) and a run that stopped (:class:`RunStopped`, recorded with its reason) into service
+    errors, which pages and the CLI show as they are."""
     try:
         yield
+    except RunStopped as exc:
+        raise RunFailed(exc.run_id, exc.failure.value, exc.reason) from None
     except lease.ExportBusy as exc:
         raise ExportRunning(str(exc)) from None
     except (ExportNotReady, NothingToRetry) as exc:

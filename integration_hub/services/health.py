@@ -4,7 +4,9 @@ For each integration: its last run (when, trigger, status, duration, counts), ea
 that run with the record, what it is (category, amount, volunteer: facts the run stored with the
 outcome) and the actionable reason, attempts so far, the last connection test, the next scheduled
 run, whether an export is running now, a retry, and (for operators) links to the Prefect
-flow run.
+flow run. A run that did not finish is told by its kind (:func:`failure_sentence`: an
+unreachable target is not a record failure), and failed records an admin ignored do not keep
+the integration failing.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from integration_hub.models import (
     Organisation,
     OutcomeStatus,
     RecordOutcome,
+    RunFailure,
     RunStatus,
     SyncRun,
     SyncSchedule,
@@ -35,6 +38,7 @@ from integration_hub.services.configuration import Actor
 from integration_hub.services.errors import NotFound
 from integration_hub.services.guards import running_export
 from integration_hub.services.history import run_entry
+from integration_hub.services.ignored import ignored_among, open_failures
 
 FAILURE_LIMIT = 50
 
@@ -90,7 +94,11 @@ def integration_health(
             select(SyncSchedule).where(SyncSchedule.integration_id == row.id)
         ).first()
     last_run = run_entry(last, actor) if last else None
-    failures, failures_total = _failures(last.id or 0, failure_limit) if last else ([], 0)
+    failures, failures_total = (
+        _failures(row.id or 0, last.id or 0, failure_limit) if last else ([], 0)
+    )
+    # Failed records an admin chose to ignore no longer need anyone: they do not count.
+    failures_open = open_failures(last.id or 0) if last and failures_total else 0
     test = (
         {
             "status": row.last_test_status,
@@ -110,12 +118,15 @@ def integration_health(
         # changes nothing here).
         last_run["status"] = RunStatus.INTERRUPTED.value
     problems = []
+    stopped = failure_sentence(last_run, adapter_type.display_name) if last_run else None
     if last_run and last_run["status"] == RunStatus.INTERRUPTED.value:
         problems.append("the last run stopped before it finished; the next run settles it")
+    elif stopped:
+        problems.append(stopped)
     elif last_run and last_run["status"] == RunStatus.FAILED.value:
         problems.append(f"the last run failed: {last_run['error'] or 'see the run'}")
-    elif last_run and last_run["failed"]:
-        problems.append(f"the last run has {last_run['failed']} failed record(s)")
+    elif failures_open:
+        problems.append(f"the last run has {failures_open} failed record(s)")
     if test and test["status"] != "ok":
         problems.append(f"the last connection test says {test['status']}")
     return {
@@ -130,6 +141,9 @@ def integration_health(
         "last_run": last_run,
         "failures": failures,
         "failures_total": failures_total,
+        "failures_open": failures_open,
+        "failures_ignored": failures_total - failures_open,
+        "stopped": stopped,
         "retry": (
             f"integrations retry {last_run['run_id']}" if last_run and failures_total else None
         ),
@@ -155,7 +169,7 @@ def _waiting(integration_id: int) -> int:
     return int(count or 0)
 
 
-def _failures(run_id: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+def _failures(integration_id: int, run_id: int, limit: int) -> tuple[list[dict[str, Any]], int]:
     table = RecordOutcome.__table__
     failed = (table.c.run_id == run_id, table.c.status == OutcomeStatus.FAILED.value)
     with hub_session() as session:
@@ -163,6 +177,7 @@ def _failures(run_id: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         rows = session.execute(
             select(table).where(*failed).order_by(table.c.record_id).limit(limit)
         ).all()
+    ignored = ignored_among(integration_id, [(r.record_id, r.record_version) for r in rows])
     failures = []
     for r in rows:
         facts = r.summary or {}
@@ -178,9 +193,54 @@ def _failures(run_id: int, limit: int) -> tuple[list[dict[str, Any]], int]:
                 "volunteer": facts.get("volunteer_name"),
                 "reason": r.reason,
                 "attempt": r.attempt,
+                "ignored": ignored.get((r.record_id, r.record_version)),
             }
         )
     return failures, int(total or 0)
+
+
+def failure_sentence(run: dict[str, Any], target: str) -> str | None:
+    """What a run that did not finish means for people, by its ``failure`` kind (None for a
+    run that finished, or one recorded before runs had a kind). "The target was unreachable"
+    asks for patience, not for a fix; it is not a record failure. The run's own reason
+    (``error``) says the particulars."""
+    kind = run.get("failure")
+    if run.get("status") != RunStatus.FAILED.value or not kind:
+        return None
+    if kind == RunFailure.UNREACHABLE.value:
+        seconds = round(run.get("duration_s") or 0)
+        if seconds < 60:
+            return (
+                f"{target} could not be reached; the hub retried for {seconds} seconds and "
+                "will try again at the next run"
+            )
+        if seconds < 120:
+            return (
+                f"{target} could not be reached; the hub retried for a minute and will try "
+                "again at the next run"
+            )
+        return (
+            f"{target} could not be reached; the hub retried for {seconds // 60} minutes and "
+            "will try again at the next run"
+        )
+    if kind == RunFailure.REFUSED.value:
+        return f"{target} refused the last run; an admin must act on its reason, then run it again"
+    if kind == RunFailure.CONFIGURATION.value:
+        return (
+            f"the last run could not start: the hub's setup of {target} needs fixing "
+            "(see its reason)"
+        )
+    if kind == RunFailure.CANCELLED.value:
+        return (
+            "a person stopped the last run before it finished; running it again continues "
+            "where it stopped"
+        )
+    if kind == "busy":
+        return f"the last run did not start: another export of {target} was running"
+    return (
+        "the last run stopped because of an error in the hub; the operators can read it in the "
+        "run's log, and the next run tries again"
+    )
 
 
 def _schedule(schedule: SyncSchedule | None) -> dict[str, Any] | None:
@@ -190,6 +250,7 @@ def _schedule(schedule: SyncSchedule | None) -> dict[str, Any] | None:
         "cron": schedule.cron,
         "timezone": schedule.timezone,
         "enabled": schedule.enabled,
+        "paused": not schedule.enabled,
         "next_run": next_run(schedule).isoformat() if schedule.enabled else None,
     }
 

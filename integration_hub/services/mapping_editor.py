@@ -98,11 +98,13 @@ class MappingTarget:
 
 @dataclass
 class SaveOutcome:
-    """``version`` is set when a version was saved; otherwise the problems say why not."""
+    """``version`` is set when a version was saved, or when ``unchanged``: the document equals
+    the saved version ``version``, so nothing was saved; otherwise the problems say why not."""
 
     version: int | None = None
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    unchanged: bool = False
 
 
 # -- what is being edited ----------------------------------------------------------------------
@@ -339,19 +341,22 @@ def save(
 
     Warnings count as accepted only when the person confirmed and every current warning was
     among those shown to them (``shown_warnings``, as ``str(problem)``): a warning that appeared
-    since is shown first.
+    since is shown first. A document equal to the saved version saves nothing and asks for no
+    confirmation: the outcome says ``unchanged``.
     """
     actor.check_change(row.organisation_id)
     outcome = check(row, document, actor)
     if outcome.errors:
         return outcome
+    with hub_session() as session:
+        same = config.unchanged_mapping_version(session, row, document)
+    if same is not None:
+        return SaveOutcome(version=same, warnings=outcome.warnings, unchanged=True)
     unseen = [w for w in outcome.warnings if str(w) not in set(shown_warnings)]
     if outcome.warnings and (not accept_warnings or unseen):
         return outcome
     try:
-        version, _ = config.save_mapping(
-            row, document, actor, accept_warnings=bool(outcome.warnings)
-        )
+        saved = config.save_mapping(row, document, actor, accept_warnings=bool(outcome.warnings))
     except (InvalidInput, WarningsNotAcknowledged):  # the target changed in between
         return check(row, document, actor)
-    return SaveOutcome(version=version, warnings=outcome.warnings)
+    return SaveOutcome(version=saved.version, warnings=outcome.warnings, unchanged=saved.unchanged)

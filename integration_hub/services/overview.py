@@ -57,4 +57,9 @@ def dashboard(org_slug: str, actor: Actor) -> dict[str, Any]:
                 failures_total=health["failures_total"],
             )
         cards.append(card)
-    return {"organisation": org.slug, "organisation_name": org.name, "integrations": cards}
+    return {
+        "organisation": org.slug,
+        "organisation_name": org.name,
+        "organisation_id": org.id,
+        "integrations": cards,
+    }

@@ -347,8 +347,26 @@ def set_schedule(
     problem is reported at once and nothing changes when one is found. ``None`` keeps the
     stored value; an empty text is a problem."""
     actor.check_change(integration.organisation_id)
+    cron, timezone = planned_schedule(integration, daily=daily, cron=cron, timezone=timezone)
+    stored = config.set_schedule(integration, cron, timezone, enabled, actor)
+    try:
+        return ScheduleChange(stored, push(integration.id or 0))
+    except PrefectUnavailable as exc:
+        return ScheduleChange(stored, None, str(exc))
+
+
+def planned_schedule(
+    integration: Integration,
+    *,
+    daily: str | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+) -> tuple[str, str]:
+    """The cron expression and time zone :func:`set_schedule` would store, checked as the hub
+    and Prefect check them; every problem at once (:class:`InvalidInput`), nothing stored.
+    The setup service checks a whole setup's schedule with it before storing anything."""
     config.check_schedulable(integration)
-    current = config.get_schedule(integration)
+    current = config.get_schedule(integration) if integration.id is not None else None
     problems: list[str] = []
     if daily is not None and cron is not None:
         problems.append("give either daily or cron, not both")
@@ -373,8 +391,4 @@ def set_schedule(
         problems.extend(exc.problems)
     if problems or cron is None:
         raise InvalidInput("; ".join(problems), problems)
-    stored = config.set_schedule(integration, cron, timezone, enabled, actor)
-    try:
-        return ScheduleChange(stored, push(integration.id or 0))
-    except PrefectUnavailable as exc:
-        return ScheduleChange(stored, None, str(exc))
+    return cron, timezone

@@ -82,6 +82,7 @@ def retry_run(run_id: int, actor: Actor) -> dict[str, Any]:
     run = _run(run_id, actor)
     if run.dry_run:
         raise InvalidInput(f"run {run_id} was a dry run; it sent nothing to retry")
+    _records_retryable(run)
     if not run.failed:
         raise InvalidInput(f"run {run_id} has no failed records to retry")
     # A retry means someone fixed the cause, perhaps in the target (an account added there):
@@ -94,6 +95,23 @@ def retry_run(run_id: int, actor: Actor) -> dict[str, Any]:
 
     with refused_when_busy():
         return retry_failed_records(run_id=run_id)
+
+
+def _records_retryable(run: SyncRun) -> None:
+    """Only runs that wrote records can have records re-sent; a report (Bufdir) is delivered
+    again whole, with its own command."""
+    from integration_hub.adapters.base import RecordAdapter
+    from integration_hub.adapters.registry import get_type
+
+    with hub_session() as session:
+        row = session.get(Integration, run.integration_id)
+    adapter_type = get_type(row.type_key) if row is not None else None
+    if adapter_type is not None and not issubclass(adapter_type, RecordAdapter):
+        raise InvalidInput(
+            f"run {run.id} delivered a {adapter_type.display_name} report, which is not retried "
+            "record by record; deliver the period again with `integrations report ORG "
+            "--period PERIOD --resubmit`"
+        )
 
 
 # -- backfill ----------------------------------------------------------------------------------
@@ -150,7 +168,6 @@ def run_activity_report(
     _prefect()
     from integration_hub.flows.bufdir_report import (
         AlreadySubmitted,
-        ReportNotDelivered,
         export_activities,
         previous_submissions,
     )
@@ -175,8 +192,6 @@ def run_activity_report(
             f"{last['deliver']}); pass --resubmit to send it again",
             exc.runs,
         ) from None
-    except ReportNotDelivered as exc:
-        raise ServiceError(f"the Bufdir report was not delivered: {exc}") from None
     summary["municipalities"] = municipality_totals(summary["report"]["csv_path"])
     return summary
 

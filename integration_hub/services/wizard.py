@@ -13,7 +13,7 @@ from integration_hub.db import hub_session
 from integration_hub.models import Integration, IntegrationStatus, Organisation, utcnow
 from integration_hub.services import configuration as config
 from integration_hub.services.configuration import Actor
-from integration_hub.services.errors import InvalidInput, NotFound
+from integration_hub.services.errors import NotFound
 
 ALL_STEPS = ("credentials", "test", "mapping", "schedule", "exclusions", "review")
 
@@ -88,12 +88,14 @@ def complete(row: Integration, step: str, actor: Actor) -> str:
 
 
 def activate(row: Integration, actor: Actor) -> None:
-    """The wizard's last step: the integration goes active and the wizard is finished."""
-    actor.check_change(row.organisation_id)
-    if row.last_test_status != "ok":
-        raise InvalidInput("test the connection successfully before activating")
-    config.set_status(row, IntegrationStatus.ACTIVE, actor)
-    _set_step(row, None)
+    """The wizard's last step: the integration goes active and the wizard is finished.
+
+    Done by the setup service (:func:`integration_hub.services.setup.activate`), as every
+    setup is: the last test must have passed, the connection is tested again, and the status,
+    the test and the finished wizard are stored together, then the schedule is pushed."""
+    from integration_hub.services import setup  # setup builds on this module
+
+    setup.activate(row, actor)
 
 
 def _set_step(row: Integration, step: str | None) -> Integration:

@@ -6,6 +6,7 @@ its category, or an earlier version already went out (changing a posted voucher 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -146,12 +147,27 @@ def _skipped(claims: pd.DataFrame, reasons: pd.Series) -> pd.DataFrame:
 
 
 def apply_exclusions(
-    claims: pd.DataFrame, excluded_categories: set[str]
+    claims: pd.DataFrame,
+    excluded_categories: set[str],
+    ignored: Mapping[tuple[int, int], str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(claims to send, skipped claims with why)."""
+    """(claims to send, skipped claims with why).
+
+    ``ignored`` maps (record id, version) to why an admin ignored that version
+    (:func:`integration_hub.tasks.context.ignored_reason`). Only that version is skipped: a
+    claim corrected in the app (a new version) goes out again. A claim of an excluded category
+    says so, whether or not it is also ignored.
+    """
     excluded = claims["category"].isin(sorted(excluded_categories))
-    reasons = "category '" + claims.loc[excluded, "category"] + "' is excluded from export"
-    return claims[~excluded], _skipped(claims[excluded], reasons)
+    reasons = ("category '" + claims["category"] + "' is excluded from export").where(excluded)
+    if ignored:
+        pairs = zip(claims["claim_id"], claims["version"], strict=True)
+        marked = pd.Series(
+            [ignored.get((int(i), int(v))) for i, v in pairs], index=claims.index, dtype="string"
+        )
+        reasons = reasons.fillna(marked)
+        excluded = excluded | marked.notna()
+    return claims[~excluded], _skipped(claims[excluded], reasons[excluded])
 
 
 def drop_already_exported(

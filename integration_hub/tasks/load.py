@@ -40,7 +40,8 @@ from integration_hub.adapters.base import (
     TransientError,
 )
 from integration_hub.ledger import Ledger, PendingRecord
-from integration_hub.models import OutcomeStatus, utcnow
+from integration_hub.models import OutcomeStatus, RunFailure, utcnow
+from integration_hub.settings import get_settings
 from integration_hub.tasks.lease import DISPLAY_ZONE
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,10 @@ Clock = Callable[[], datetime]
 class RetryPolicy:
     """Exponential backoff with jitter; a server's Retry-After wins when it is given."""
 
-    attempts: int = 5
-    base_delay_s: float = 0.5
+    attempts: int = field(default_factory=lambda: get_settings().request_retry_attempts)
+    base_delay_s: float = field(
+        default_factory=lambda: get_settings().request_retry_base_delay_seconds
+    )
     max_delay_s: float = 30.0
     sleep: Callable[[float], None] = time.sleep
 
@@ -84,6 +87,12 @@ class LoadReport:
     outcomes: list[dict[str, object]] = field(default_factory=list)
     requests: int = 0
     aborted: str | None = None
+    failure: RunFailure | None = None
+    """What kind of stop ``aborted`` is (for the run row): refused unless said otherwise."""
+    unreachable: str | None = None
+    """Set (with ``aborted``) when the target could not be reached even after the retries: the
+    run as a whole may wait and try again (:mod:`integration_hub.tasks.failures`); its unsent
+    records were released, so the next attempt or run sends them."""
     reconciled: int = 0
     accepted: dict[str, tuple[PendingRecord, str]] = field(default_factory=dict)
     """Staged import only: key -> (ledger row, target reference) of records the target took
@@ -295,6 +304,9 @@ def load_lines(
         report.aborted = (
             f"could not look up earlier unconfirmed exports at {adapter.display_name}: {exc}"
         )
+        if isinstance(exc, TransientError):
+            report.unreachable = str(exc)
+            report.failure = RunFailure.UNREACHABLE
         if not lines.empty:
             report.add(records_of(lines), OutcomeStatus.FAILED, f"not sent: {report.aborted}")
         report.requests = adapter.requests_sent
@@ -375,6 +387,7 @@ def _send_lines(
         )
         unclear_in_a_row = 0 if answered else unclear_in_a_row + 1
         if unclear_in_a_row >= MAX_UNCLEAR_IN_A_ROW and not report.aborted:
+            report.failure = RunFailure.UNREACHABLE
             report.aborted = (
                 f"{adapter.display_name} gave no clear answer to {unclear_in_a_row} requests in "
                 "a row; the run stopped, and their records are looked up before anything is "
@@ -478,12 +491,15 @@ def _send_chunk(
             result = paced(adapter, before_request, functools.partial(adapter.load, remaining))
         except TransientError as exc:
             if attempt >= policy.attempts:
+                # Refused before processing every time: the target is down or throttling us.
+                # The next requests would fare alike, so the run stops sending (and may wait
+                # and try again as a whole); nothing of these records was stored.
                 ledger.release(keys)
-                report.add(
-                    records_of(remaining),
-                    OutcomeStatus.FAILED,
-                    f"{exc} (gave up after {attempt} attempts; retry later)",
-                )
+                reason = f"{exc} (gave up after {attempt} attempts)"
+                report.unreachable = reason
+                report.aborted = reason
+                report.failure = RunFailure.UNREACHABLE
+                report.add(records_of(remaining), OutcomeStatus.FAILED, f"not sent: {reason}")
                 return True
             policy.sleep(policy.delay(attempt, exc.retry_after))
             continue

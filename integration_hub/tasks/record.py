@@ -14,6 +14,7 @@ from integration_hub.models import (
     LedgerState,
     OutcomeStatus,
     RecordOutcome,
+    RunFailure,
     RunStatus,
     SyncRun,
     utcnow,
@@ -118,9 +119,11 @@ def finish_run(
     extracted: int,
     requests_sent: int,
     error: str | None = None,
+    failure: RunFailure | None = None,
     write_outcomes: bool = True,
 ) -> dict[str, Any]:
-    """Store every outcome and the run's counts; returns the summary that flows print."""
+    """Store every outcome and the run's counts; returns the summary that flows print.
+    ``error`` (with its ``failure`` kind) says why the run stopped before sending everything."""
     outcomes = outcomes.copy()
     amounts = details.set_index("record_id")["amount_ore"] if not details.empty else pd.Series()
     from_details = outcomes["record_id"].map(amounts)
@@ -182,6 +185,7 @@ def finish_run(
         run.requests_sent = requests_sent
         run.status = status.value
         run.error = error[:2000] if error else None
+        run.failure = (failure or RunFailure.REFUSED).value if error else None
         run.finished_at = now
         session.add(run)
         summary = run_summary(run)
@@ -208,8 +212,14 @@ def finish_run(
     return summary
 
 
-def fail_run(run_id: int, error: str, status: RunStatus = RunStatus.FAILED) -> None:
-    """Mark a run that could not finish (or, ``INTERRUPTED``, that was killed).
+def fail_run(
+    run_id: int,
+    error: str,
+    status: RunStatus = RunStatus.FAILED,
+    failure: RunFailure | None = RunFailure.UNEXPECTED,
+) -> None:
+    """Mark a run that could not finish (or, ``INTERRUPTED``, that was killed), with why in
+    words (``error``) and in kind (``failure``, :mod:`integration_hub.tasks.failures`).
 
     What it had already sent and the target confirmed (the ledger rows it confirmed) still gets
     an ``exported`` outcome of this run: a run that crashed after posting would otherwise leave
@@ -272,6 +282,7 @@ def fail_run(run_id: int, error: str, status: RunStatus = RunStatus.FAILED) -> N
             run.exported_amount_ore = sum(int(r.amount_ore) for r in sent)
         run.status = status.value
         run.error = error[:2000]
+        run.failure = failure.value if failure else None
         run.finished_at = now
         session.add(run)
 
@@ -301,6 +312,7 @@ def interrupt_dead_runs(integration_id: int, *, current_run_id: int) -> list[int
             f"stopped); found by run {current_run_id}: what it had sent but not confirmed is "
             "looked up at the target and recorded by the run that finds it",
             RunStatus.INTERRUPTED,
+            None,  # the status says it all: killed, not stopped by a person or a target
         )
     return [int(r) for r in dead if r is not None]
 
@@ -370,6 +382,7 @@ def run_summary(run: SyncRun) -> dict[str, Any]:
         "requests_sent": run.requests_sent,
         "duration_s": duration,
         "error": run.error,
+        "failure": run.failure,
         "flow_run_id": run.flow_run_id,
         "retry_of_run_id": run.retry_of_run_id,
         "started_at": run.started_at.isoformat() if run.started_at else None,

@@ -21,6 +21,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 def create_app() -> FastAPI:
     from integration_hub.services.accounts import check_identity_provider
+    from integration_hub.web import api_docs
     from integration_hub.web.api import router as api_router
     from integration_hub.web.api.common import document_types
     from integration_hub.web.pages import routers as page_routers
@@ -32,7 +33,7 @@ def create_app() -> FastAPI:
         summary="Exports volunteer-app expense claims and activities to Xledger, "
         "Business Central and Bufdir.",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # Swagger UI needs a CDN: api_docs.py renders the reference instead
         redoc_url=None,
     )
     # The last added is the outermost: every answer, a refused body included, gets the headers.
@@ -41,6 +42,7 @@ def create_app() -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     errors.install(app)
     app.include_router(api_router)
+    api_docs.install(app)
     document_types(app)
     for router in page_routers:
         app.include_router(router)

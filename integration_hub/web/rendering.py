@@ -66,6 +66,18 @@ def format_time(value: datetime | str | None, zone: str | None = None) -> str:
     return value.astimezone(ZoneInfo(zone) if zone else OSLO).strftime("%Y-%m-%d %H:%M")
 
 
+def format_number(value: int | float | None, language: str = "nb", decimals: int = 0) -> str:
+    """A count or measure as the page's language writes it: ``12 345,6`` in bokmål (a
+    non-breaking space between thousands, a decimal comma, as money.format_nok), ``12,345.6``
+    in English; empty for None."""
+    if value is None:
+        return ""
+    text = f"{value:,.{decimals}f}"
+    if language != "nb":
+        return text
+    return text.replace(",", "\u00a0").replace(".", ",")
+
+
 def translator(request: Request) -> Callable[..., str]:
     """``_(text, **params)`` in the request's language, for pages that build messages."""
     language = language_of(request)
@@ -86,6 +98,9 @@ def render(
         "languages": i18n.LANGUAGES,
         "signed_in": current_session(request),
         "format_nok": format_nok,
+        "format_number": lambda value, decimals=0: format_number(
+            value, language_of(request), decimals
+        ),
         "format_time": format_time,
         "status_label": status_label,
         **(context or {}),

@@ -4,13 +4,15 @@ connection test, the companies and journals to choose from (Business Central) an
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
+from pydantic import BaseModel, Field
 
 from integration_hub.models import IntegrationStatus
 from integration_hub.services import alerts, api_support, overview
 from integration_hub.services import configuration as config
+from integration_hub.services import setup as setup_service
 from integration_hub.web import i18n
 from integration_hub.web.api.common import (
     BASE,
@@ -100,13 +102,86 @@ def get_credentials(row: CurrentIntegration, actor: ApiActor) -> CredentialFormO
     response_model=CredentialFormOut,
     responses=CHANGE_ERRORS,
     tags=["credentials"],
-    summary="Store settings and secrets (a blank secret or its mask keeps the stored one)",
+    summary="Store settings and secrets (a blank secret or its mask keeps the stored one); "
+    "an integration that runs changes only after the new values pass the connection test",
 )
 def put_credentials(
     row: CurrentIntegration, body: CredentialsIn, actor: ApiActor
 ) -> CredentialFormOut:
-    config.save_configuration(row, body.values, actor)
+    setup_service.change_configuration(row, body.values, actor)
     return CredentialFormOut.model_validate({"fields": config.credential_form(row, actor)})
+
+
+class SetupOut(BaseModel):
+    """A whole setup, applied: the integration as it is now, what changed and the connection
+    test that let it be stored."""
+
+    integration: IntegrationOut
+    changes: list[str] = Field(
+        description="What changed, as `field: old -> new` (a secret only as `replaced`)"
+    )
+    connection_test: ConnectionTestOut
+    mapping_version: int | None = Field(description="The mapping version in use")
+    schedule_not_pushed: str | None = Field(
+        description="Why the schedule is not in Prefect yet (`integrations serve` pushes it)"
+    )
+
+
+SETUP_BODY_EXAMPLE = {
+    "base_url": "https://www.xledger.net/graphql",
+    "credentials": {"api_token": "the token"},
+    "mapping": "default",
+    "schedule": {"daily": "02:00", "timezone": "Europe/Oslo"},
+    "exclusions": ["parking"],
+    "accept_warnings": False,
+    "activate": True,
+}
+
+
+@router.put(
+    f"{BASE}/setup",
+    response_model=SetupOut,
+    responses=CHANGE_ERRORS,
+    tags=["setup"],
+    summary="Set the integration up as one whole: checked whole, tested, then stored",
+    description=(
+        "The keys of a setup file (README: the setup file): the type's settings, "
+        "`credentials` (secrets; a blank one or its mask keeps the stored one), `mapping` "
+        "(`default` or a mapping document; left out: the saved one), `schedule` "
+        "(`daily` or `cron`, `timezone`, `enabled`), `exclusions`, `accept_warnings`, "
+        "`activate` (default true). Every problem is answered at once (422, unknown keys with "
+        "what was probably meant); then the connection is tested with the new settings (409 "
+        "when it fails); only then is everything stored, in one transaction, and the schedule "
+        "pushed to Prefect. A refused or failed setup changes nothing."
+    ),
+)
+def put_setup(
+    request: Request,
+    org: OrgSlug,
+    type: TypeKey,
+    actor: ApiActor,
+    body: Annotated[
+        dict[str, Any], Body(description="The whole setup", examples=[SETUP_BODY_EXAMPLE])
+    ],
+) -> SetupOut:
+    outcome = api_support.apply_setup(org, type, body, actor)
+    result = outcome.connection
+    language = language_of(request)
+    return SetupOut(
+        integration=IntegrationOut.model_validate(
+            api_support.integration_view(outcome.integration, actor)
+        ),
+        changes=[str(change) for change in outcome.changes],
+        connection_test=ConnectionTestOut(
+            ok=result.ok,
+            status=result.status.value,
+            detail=i18n.translate(result.detail, language),
+            elapsed_ms=result.elapsed_ms,
+            warnings=[i18n.translate(w, language) for w in result.warnings],
+        ),
+        mapping_version=outcome.mapping_version,
+        schedule_not_pushed=outcome.not_pushed,
+    )
 
 
 @router.post(

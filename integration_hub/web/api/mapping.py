@@ -76,7 +76,9 @@ def check_mapping(
     summary="Save a new mapping version (warnings need accept_warnings; errors refuse)",
 )
 def put_mapping(row: CurrentIntegration, body: MappingIn, actor: ApiActor) -> MappingSavedOut:
-    version, problems = api_support.save_mapping(
+    saved = api_support.save_mapping(
         row, body.document, actor, accept_warnings=body.accept_warnings
     )
-    return MappingSavedOut(version=version, problems=_problems(problems))
+    return MappingSavedOut(
+        version=saved.version, problems=_problems(saved.problems), unchanged=saved.unchanged
+    )

@@ -168,6 +168,11 @@ class MappingIn(BaseModel):
 class MappingSavedOut(BaseModel):
     version: int
     problems: list[ProblemOut]
+    unchanged: bool = Field(
+        default=False,
+        description="True when the document equals the saved version: nothing was saved, "
+        "and version is that saved version",
+    )
 
 
 # -- schedule and exclusions -------------------------------------------------------------------

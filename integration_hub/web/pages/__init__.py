@@ -1,12 +1,16 @@
 """Server-rendered pages, one module a screen."""
 
 from integration_hub.web.pages import (
+    alerts,
+    audit,
     auth,
     credentials,
     dashboard,
     exclusions,
     health,
     mapping,
+    operators,
+    runs,
     schedule,
     wizard,
 )
@@ -20,4 +24,8 @@ routers = [
     schedule.router,
     exclusions.router,
     health.router,
+    alerts.router,
+    runs.router,
+    audit.router,
+    operators.router,
 ]

@@ -19,7 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from integration_hub.adapters.base import ConnectionResult, IntegrationConfig
 from integration_hub.adapters.registry import get_type
 from integration_hub.models import Integration, Organisation
-from integration_hub.services import alerts
+from integration_hub.services import alerts, setup
 from integration_hub.services import configuration as config
 from integration_hub.services.configuration import Actor
 from integration_hub.services.errors import InvalidInput
@@ -198,11 +198,12 @@ def save_credentials(
     stored)."""
     try:
         values = form_values(row, form)
-        config.save_configuration(row, values, actor)
-    except InvalidInput as exc:
+        setup.change_configuration(row, values, actor)  # one that runs: tested, then stored
+    except (InvalidInput, setup.ConnectionTestFailed) as exc:
+        problems = exc.problems if isinstance(exc, InvalidInput) else [str(exc)]
         model = get_type(row.type_key).config_model
         submitted = {k: v for k, v in form.items() if isinstance(v, str)}
-        summary, by_field = split_problems(exc.problems, model, translator(request))
+        summary, by_field = split_problems(problems, model, translator(request))
         return {
             "problems": summary,
             "fields": credential_fields(

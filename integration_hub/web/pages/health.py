@@ -1,5 +1,6 @@
-"""The health monitor: last run, each failure and why, a retry button, the export history and a
-small chart of exported and failed records per day.
+"""The health monitor: last run, each failure and why, "sync now", "dry run" and "retry" buttons
+(which submit a run and show its progress, never run it in the request), pausing and resuming
+the schedule, the export history and a small chart of exported and failed records per day.
 
 The route only gathers what the services report (``health``, ``history``, ``sync``); the one
 thing computed here is presentational: the chart's geometry (:func:`chart_geometry`), a plain
@@ -17,9 +18,9 @@ from starlette.responses import RedirectResponse, Response
 
 from integration_hub.models import IntegrationStatus
 from integration_hub.services import configuration as config
-from integration_hub.services import health, history, sync
+from integration_hub.services import health, history, ignored, scheduler, submit, sync
 from integration_hub.services.configuration import Actor
-from integration_hub.services.errors import InvalidInput, NotFound
+from integration_hub.services.errors import Forbidden, InvalidInput, NotFound, ServiceError
 from integration_hub.services.guards import ExportRunning
 from integration_hub.tasks.extract import CATEGORY_LABELS
 from integration_hub.web.limits import MAX_ID
@@ -129,8 +130,23 @@ def format_duration(seconds: float | None, language: str) -> str:
     return f"{minutes} min {rest} s"
 
 
+def may_change(actor: Actor, organisation_id: int) -> bool:
+    """Whether the page offers ``actor`` the forms that change things (operators read, and
+    retry runs, only: they see no form that would be refused)."""
+    try:
+        actor.check_change(organisation_id)
+    except Forbidden:
+        return False
+    return True
+
+
 def health_context(
-    org_slug: str, type_key: str, actor: Actor, *, retried: int | None = None
+    org_slug: str,
+    type_key: str,
+    actor: Actor,
+    *,
+    retried: int | None = None,
+    submitted: str | None = None,
 ) -> dict[str, Any]:
     organisation = config.organisation(org_slug, actor)
     row = config.integration(organisation, type_key, actor)
@@ -142,6 +158,20 @@ def health_context(
     except NotFound:
         retry_id = None
     retry = (by_id.get(retry_id) or history.run_of(row, retry_id, actor)) if retry_id else None
+    retry_open = ignored.open_failures(retry_id) if retry_id else 0
+    if retry is not None and not retry_open:
+        retry = None  # every failure of it is ignored: nothing a retry should send
+    progress = None
+    submission_missing = None
+    if submitted:
+        try:
+            progress = submit.progress(submitted, row, actor)
+        except NotFound as exc:
+            submission_missing = str(exc)
+    if progress and progress["run"]:
+        progress["stopped"] = health.failure_sentence(progress["run"], report["target"])
+    if progress and progress["kind"] == submit.RETRY and progress["phase"] == submit.FINISHED:
+        retried = progress["run"]["run_id"]
     retry_result = None
     if retried is not None:
         found = by_id.get(retried) or history.run_of(row, retried, actor)
@@ -157,7 +187,12 @@ def health_context(
         "runs": runs,
         "history_limit": HISTORY_LIMIT,
         "retry": retry,
+        "retry_open": retry_open,
         "retry_result": retry_result,
+        "progress": progress,
+        "submission_missing": submission_missing,
+        "may_change": may_change(actor, row.organisation_id),
+        "exports_records": submit.exports_records(row),
         "chart": chart_geometry(history.daily_counts(row, actor, days=CHART_DAYS)),
         "prefect_links": history.links_to_prefect(actor),  # operators only
         "trigger_labels": TRIGGER_LABELS,
@@ -167,6 +202,15 @@ def health_context(
     }
 
 
+REFRESH_SECONDS = 3
+"""How often a page showing a run in progress reloads itself (the ``Refresh`` header: it works
+without JavaScript, and stops once the run has finished)."""
+
+
+def _health_url(org: str, integration_type: str) -> str:
+    return f"/orgs/{org}/integrations/{integration_type}/health"
+
+
 @router.get("/orgs/{org}/integrations/{integration_type}/health")
 def health_page(
     request: Request,
@@ -174,9 +218,36 @@ def health_page(
     integration_type: str,
     signed_in: PageSession,
     retried: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    submitted: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$")] = None,
+    schedule: Annotated[str | None, Query(pattern=r"^(paused|resumed)$")] = None,
+    not_pushed: Annotated[bool, Query()] = False,
 ) -> Response:
-    context = health_context(org, integration_type, signed_in.actor, retried=retried)
-    return render(request, "health.html", context)
+    context = health_context(
+        org, integration_type, signed_in.actor, retried=retried, submitted=submitted
+    )
+    context["schedule_changed"] = schedule
+    context["schedule_not_pushed"] = not_pushed
+    context["refresh_seconds"] = REFRESH_SECONDS
+    response = render(request, "health.html", context)
+    if context["progress"] and not context["progress"]["done"]:
+        response.headers["Refresh"] = str(REFRESH_SECONDS)
+    return response
+
+
+def _refused(
+    request: Request,
+    org: str,
+    integration_type: str,
+    actor: Actor,
+    exc: ServiceError,
+    what: str = "retry",
+) -> Response:
+    """The health page again, saying why nothing was started or changed (``what``: retry,
+    start or schedule; 422 bad input, 409 busy)."""
+    context = health_context(org, integration_type, actor)
+    context[f"{what}_refused"] = str(exc)
+    status = 422 if isinstance(exc, InvalidInput) else 409
+    return render(request, "health.html", context, status)
 
 
 @router.post("/orgs/{org}/integrations/{integration_type}/health/retry")
@@ -187,18 +258,62 @@ def retry_failed(
     signed_in: PageSession,
     run_id: Annotated[int, Form(ge=1, le=MAX_ID)],
 ) -> Response:
-    """Re-send one run's failed records now, then back to the page with what happened."""
+    """Submit a retry of one run's failed records, then back to the page, which shows its
+    progress: the retry runs in Prefect or in the background, never in this request."""
     actor = signed_in.actor
     organisation = config.organisation(org, actor)
     row = config.integration(organisation, integration_type, actor)
     if history.run_of(row, run_id, actor) is None:
         raise NotFound(f"there is no run {run_id}")
     try:
-        summary = sync.retry_run(run_id, actor)
+        submission = submit.submit_retry(run_id, actor)
     except (InvalidInput, ExportRunning) as exc:
-        context = health_context(org, integration_type, actor)
-        context["retry_refused"] = str(exc)
-        status = 422 if isinstance(exc, InvalidInput) else 409
-        return render(request, "health.html", context, status)
-    back = f"/orgs/{organisation.slug}/integrations/{row.type_key}/health"
-    return RedirectResponse(f"{back}?retried={int(summary['run_id'])}", status_code=303)
+        return _refused(request, org, integration_type, actor, exc)
+    back = _health_url(organisation.slug, row.type_key)
+    return RedirectResponse(f"{back}?submitted={submission.id}", status_code=303)
+
+
+@router.post("/orgs/{org}/integrations/{integration_type}/health/sync")
+def sync_now(
+    request: Request,
+    org: str,
+    integration_type: str,
+    signed_in: PageSession,
+    mode: Annotated[str, Form(pattern=r"^(sync|dry_run)$")] = "sync",
+) -> Response:
+    """Submit an export now ("sync now") or a dry run; the page then shows its progress."""
+    actor = signed_in.actor
+    organisation = config.organisation(org, actor)
+    row = config.integration(organisation, integration_type, actor)
+    try:
+        submission = submit.submit_export(
+            organisation.slug, row.type_key, actor, dry_run=mode == "dry_run"
+        )
+    except (InvalidInput, ExportRunning) as exc:
+        return _refused(request, org, integration_type, actor, exc, "start")
+    back = _health_url(organisation.slug, row.type_key)
+    return RedirectResponse(f"{back}?submitted={submission.id}", status_code=303)
+
+
+@router.post("/orgs/{org}/integrations/{integration_type}/health/schedule")
+def pause_or_resume(
+    request: Request,
+    org: str,
+    integration_type: str,
+    signed_in: PageSession,
+    enabled: Annotated[bool, Form()],
+) -> Response:
+    """Pause or resume the integration's scheduled runs (the schedule's own switch: its time
+    and zone stay as they are); audited, and pushed to Prefect when it can be reached."""
+    actor = signed_in.actor
+    organisation = config.organisation(org, actor)
+    row = config.integration(organisation, integration_type, actor)
+    try:
+        change = scheduler.set_schedule(row, actor, enabled=enabled)
+    except InvalidInput as exc:
+        return _refused(request, org, integration_type, actor, exc, "schedule")
+    back = _health_url(organisation.slug, row.type_key)
+    query = f"schedule={'resumed' if enabled else 'paused'}"
+    if change.not_pushed:
+        query += "&not_pushed=true"
+    return RedirectResponse(f"{back}?{query}", status_code=303)

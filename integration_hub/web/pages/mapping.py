@@ -17,7 +17,7 @@ from integration_hub.mappings.spec import MAX_MAPPING_BYTES, MappingDocument
 from integration_hub.mappings.validator import Problem
 from integration_hub.services import configuration as config
 from integration_hub.services import mapping_editor as editor
-from integration_hub.services import wizard
+from integration_hub.services import setup, wizard
 from integration_hub.services.errors import InvalidInput
 from integration_hub.web.rendering import render, translator
 from integration_hub.web.security import PageSession
@@ -65,11 +65,18 @@ def _show(
     if in_wizard and (elsewhere := _step_not_reached(org, type_key, signed_in)) is not None:
         return elsewhere
     _, document = config.current_mapping(target.integration)
+    if in_wizard:  # a running integration's wizard shows its staged mapping (services/setup.py)
+        document = setup.mapping_in_wizard(target.integration)
     saved = editor.saved_version(target.integration)
     flash = None
     requested = request.query_params.get("saved", "")
     if saved is not None and requested == str(saved.version):
         flash = ("Saved mapping version {version}", {"version": saved.version})
+    elif saved is not None and request.query_params.get("unchanged") == str(saved.version):
+        flash = (
+            "Nothing changed: the mapping is still version {version}.",
+            {"version": saved.version},
+        )
     return _page(request, target, signed_in, document, in_wizard=in_wizard, flash=flash)
 
 
@@ -84,6 +91,8 @@ async def _submit(
     form = await request.form()
     action = form.get("action")
     _, current = config.current_mapping(row)
+    if in_wizard:
+        current = setup.mapping_in_wizard(row)
 
     if action == "upload":
         try:
@@ -138,7 +147,9 @@ def _save(
     uploaded: bool,
 ) -> Response:
     row = target.integration
-    outcome = editor.save(
+    # A running integration's wizard stages the mapping; it is saved when the change is applied.
+    save = setup.stage_mapping if in_wizard and setup.stages_changes(row) else editor.save
+    outcome = save(
         row,
         document,
         signed_in.actor,
@@ -160,7 +171,8 @@ def _save(
     if in_wizard:
         following = wizard.complete(row, "mapping", signed_in.actor)
         return RedirectResponse(f"{base}/setup/{following}", status_code=303)
-    return RedirectResponse(f"{base}/mapping?saved={outcome.version}", status_code=303)
+    said = "unchanged" if outcome.unchanged else "saved"
+    return RedirectResponse(f"{base}/mapping?{said}={outcome.version}", status_code=303)
 
 
 async def _uploaded_bytes(form: FormData) -> bytes:
