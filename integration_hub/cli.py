@@ -127,6 +127,11 @@ def friendly_errors(command: F) -> F:
         except (ServiceError, VaultError, IntegrationNotConfigured) as exc:
             echo_err(f"Error: {exc}")
             raise typer.Exit(2) from None
+        except BrokenPipeError:
+            # The reader went away (``| head``): nothing to say, and nobody to say it to.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except OSError as exc:
             echo_err(f"Error: {_os_problem(exc)}")
             raise typer.Exit(2) from None
