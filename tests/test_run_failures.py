@@ -308,3 +308,19 @@ def test_the_run_history_fits_an_80_column_terminal() -> None:
         assert "#12345" in text and "100000" in text and "kr 123\xa0456\xa0789,00" in text
         assert "…" not in text  # nothing that matters is cut
     assert "duration" in text  # the wide table has everything
+
+
+def test_deployment_parameters_are_typed_so_a_bad_value_never_runs(quick_flow_runs: None) -> None:
+    """The Prefect UI's run form offers these choices; a value outside them is refused before
+    the flow starts (Prefect validates parameters against the signature)."""
+    from prefect.exceptions import ParameterTypeError
+
+    from integration_hub.flows.backfill import backfill_exports
+    from integration_hub.flows.export_expense_claims import export_expense_claims
+
+    with pytest.raises(ParameterTypeError):
+        export_expense_claims(integration_id=1, trigger="whenever")
+    with pytest.raises(ParameterTypeError):
+        backfill_exports(integration_id=1, start="2026-01-01", end="2026-01-31", chunk="year")
+    schema = export_expense_claims.parameters.model_dump()["properties"]["trigger"]
+    assert set(schema["enum"]) == {"manual", "schedule", "backfill"}

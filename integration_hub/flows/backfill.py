@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -74,7 +74,7 @@ def _chunk_entry(index: int, total: int, window: tuple[date, date]) -> dict[str,
     log_prints=False,
 )
 def backfill_exports(
-    integration_id: int, start: date, end: date, chunk: str = "month"
+    integration_id: int, start: date, end: date, chunk: Literal["month", "week", "day"] = "month"
 ) -> dict[str, Any]:
     """Export approved claims of ``start``..``end`` (approval dates) chunk by chunk."""
     windows = chunk_windows(start, end, chunk)

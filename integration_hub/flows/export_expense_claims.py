@@ -7,7 +7,7 @@ The flow a schedule, ``integrations sync`` and the Prefect UI start. The steps t
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
@@ -36,12 +36,13 @@ def export_expense_claims(
     since: date | None = None,
     until: date | None = None,
     dry_run: bool = False,
-    trigger: str = "manual",
+    trigger: Literal["manual", "schedule", "backfill"] = "manual",
 ) -> Any:
     """Export approved expense claims of one integration; every claim ends with an outcome.
 
-    ``trigger`` names the run in the history: schedule, manual, backfill (a backfill's chunks
-    alert once for the whole backfill, not per chunk) or retry.
+    ``trigger`` names the run in the history: manual, schedule or backfill (a backfill's chunks
+    alert once for the whole backfill, not per chunk); a retry is a flow of its own. Typed, so
+    the Prefect UI's run form offers exactly these and refuses anything else.
     """
     return final_state(
         run_pipeline(
