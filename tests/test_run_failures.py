@@ -324,3 +324,55 @@ def test_deployment_parameters_are_typed_so_a_bad_value_never_runs(quick_flow_ru
         backfill_exports(integration_id=1, start="2026-01-01", end="2026-01-31", chunk="year")
     schema = export_expense_claims.parameters.model_dump()["properties"]["trigger"]
     assert set(schema["enum"]) == {"manual", "schedule", "backfill"}
+
+
+# -- the other ways a command ends badly: one line each, the documented exit code ----------------
+def test_a_missing_key_ring_stops_the_run_with_what_to_do(
+    xledger_org: Any, vault_key: Path
+) -> None:
+    from integration_hub.cli import app
+
+    vault_key.rename(vault_key.with_suffix(".moved"))
+    result = CliRunner().invoke(app, ["sync", "testorg", "xledger"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert "No vault key found" in last and "integrations vault init" in last
+    with hub_session() as session:
+        run = session.query(SyncRun).order_by(SyncRun.id.desc()).first()  # type: ignore[union-attr]
+        assert run is not None and run.failure == "configuration"
+
+
+def test_a_report_run_is_not_retried_record_by_record(hub_env: str) -> None:
+    from factories import record_run
+
+    from integration_hub.adapters.registry import feature_flag
+    from integration_hub.cli import app
+    from integration_hub.services import configuration as config
+
+    seed_organisation("bufdirorg", CLAIMS)
+    organisation = config.organisation("bufdirorg")
+    config.set_feature_flag(organisation.id or 0, feature_flag("bufdir"), True, config.OPERATOR)
+    row = config.integration(organisation, "bufdir", config.Actor("test"), create=True)
+    run_id = record_run(
+        row.id or 0, organisation.id or 0, failures=[{"record_id": 1, "reason": "no count"}]
+    )
+    result = CliRunner().invoke(app, ["retry", str(run_id)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "--resubmit" in result.output.strip().splitlines()[-1]
+
+
+def test_a_full_disk_is_one_line(hub_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from integration_hub import cli
+
+    def full(*_args: Any, **_kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device", "/var/hub/var/hub.db")
+
+    monkeypatch.setattr("integration_hub.services.configuration.organisation", full)
+    result = CliRunner().invoke(cli.app, ["credentials", "show", "testorg", "xledger"])
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last == "Error: the disk is full; free some space (/var/hub/var/hub.db)"
