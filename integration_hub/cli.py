@@ -890,15 +890,28 @@ def vault_retire(
 
 
 @sandbox_app.command("serve")
+@friendly_errors
 def sandbox_serve(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8085,
     token: Annotated[
         str | None, typer.Option(help="Env var holding a token to register.", metavar="ENV")
     ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="Serve every sandbox `make demo` set up, with its data, where the "
+            "integrations expect them (so sync, report and the web app work after the demo).",
+        ),
+    ] = False,
 ) -> None:
-    """Serve the Xledger sandbox on 127.0.0.1 until Ctrl-C."""
+    """Serve the Xledger sandbox on 127.0.0.1 until Ctrl-C (or, with --demo, the demo's)."""
     from integration_hub.sandbox.server import serve_forever
     from integration_hub.sandbox.xledger import XledgerSandboxState, create_xledger_app
+
+    if demo:
+        _serve_demo_sandboxes()
+        return
 
     state = XledgerSandboxState()
     if token:
@@ -909,6 +922,36 @@ def sandbox_serve(
         state.add_company(value)
     typer.echo(f"Xledger sandbox on http://127.0.0.1:{port}/graphql (control: /_sandbox)")
     serve_forever(create_xledger_app(state), "127.0.0.1", port)
+
+
+def _serve_demo_sandboxes() -> None:
+    import threading
+
+    from integration_hub.demo import demo_sandboxes
+    from integration_hub.sandbox.server import start_server
+    from integration_hub.services.errors import InvalidInput
+
+    sandboxes = demo_sandboxes()
+    if not sandboxes:
+        raise InvalidInput("no integration points at a local sandbox; run `make demo` first")
+    running = []
+    try:
+        for sandbox_port, (what, asgi) in sorted(sandboxes.items()):
+            try:
+                running.append(start_server(asgi, "127.0.0.1", sandbox_port))
+            except OSError:
+                raise InvalidInput(
+                    f"port {sandbox_port} for the {what} sandbox is in use; stop what uses "
+                    "it, or run `make demo` again (it picks free ports)"
+                ) from None
+            typer.echo(f"{what} sandbox on http://127.0.0.1:{sandbox_port} (demo data)")
+        typer.echo("Ctrl-C stops them.")
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        typer.echo("Stopped the sandboxes.")
+    finally:
+        for server in running:
+            server.stop()
 
 
 @app.command("demo")

@@ -285,6 +285,7 @@ def run_demo(*, verbose: bool = False) -> dict[str, Any]:
     _demo_bufdir(date.today())
     typer.secho("\nWhat to try next", bold=True)
     for command, why in (
+        ("sandbox serve --demo", "the demo's sandboxes again (another shell), for sync"),
         ("runs blindeforbundet xledger", "the export history"),
         ("credentials show blindeforbundet xledger", "masked, never plaintext"),
         ("mappings show blindeforbundet xledger", "toll -> 7145 is why three claims fail"),
@@ -410,6 +411,82 @@ def _demo_bufdir(today: date) -> None:
                     f"  sent through the API stand-in: instance {report['instance_id']} "
                     f"({report.get('instance_status', '')})"
                 )
+
+
+# -- the demo's sandboxes, again ---------------------------------------------------------------
+DEMO_INTEGRATIONS = (
+    ("blindeforbundet", "xledger"),
+    ("hlf", "dynamics"),
+    ("blindeforbundet", "bufdir"),
+    ("hlf", "bufdir"),
+)
+
+
+def demo_sandboxes() -> dict[int, tuple[str, Any]]:
+    """The sandboxes ``make demo`` set up, rebuilt with the demo's data on the ports the
+    integrations point at: port -> (what, ASGI app).
+
+    Nothing is recorded beside the hub's own configuration: each integration's settings say
+    where its sandbox listened (and which tenant, company and journal), and its credentials
+    come from the vault (an audited use, ``serve the demo's sandbox``), so no secret is
+    written anywhere else. Only integrations that point at 127.0.0.1 are served."""
+    from urllib.parse import urlsplit
+
+    from integration_hub.adapters.factory import build_adapter
+    from integration_hub.db import hub_session
+    from integration_hub.sandbox.bufdir import BufdirSandboxState, create_bufdir_app
+    from integration_hub.sandbox.dynamics import DynamicsSandboxState, create_dynamics_app
+    from integration_hub.sandbox.xledger import XledgerSandboxState, create_xledger_app
+    from integration_hub.services import configuration as config
+    from integration_hub.services.errors import NotFound
+
+    served: dict[int, tuple[str, Any]] = {}
+    bufdir = BufdirSandboxState()
+    for slug, type_key in DEMO_INTEGRATIONS:
+        try:
+            organisation = config.organisation(slug)
+            row = config.integration(organisation, type_key, config.OPERATOR)
+        except NotFound:
+            continue
+        if row.id is None:
+            continue
+        with hub_session() as session:
+            adapter = build_adapter(
+                session, row, purpose="serve the demo's sandbox", actor="sandbox serve --demo"
+            )
+        cfg: Any = adapter.config
+        where = urlsplit(str(cfg.base_url))
+        if where.hostname != "127.0.0.1" or where.port is None:
+            continue
+        if type_key == "xledger":
+            state = XledgerSandboxState()
+            state.add_company(
+                cfg.api_token.get_secret_value(),
+                employees=_employees(organisation.id or 0),
+                closed_before=CLOSED_BEFORE,
+            )
+            served[where.port] = ("Xledger", create_xledger_app(state))
+        elif type_key == "dynamics":
+            dynamics = DynamicsSandboxState()
+            employees = [
+                {"number": e["code"], "displayName": e["description"]}
+                for e in _employees(organisation.id or 0)
+            ]
+            dynamics.provision(
+                tenant_id=cfg.tenant_id,
+                client_id=cfg.client_id,
+                client_secret=cfg.client_secret.get_secret_value(),
+                environment=cfg.environment,
+                company_name="HLF",
+                company_id=cfg.company_id,
+                journal_id=cfg.journal_id,
+                employees=employees,
+            )
+            served[where.port] = ("Business Central", create_dynamics_app(dynamics))
+        else:
+            bufdir.add_client(cfg.client_id, cfg.client_secret.get_secret_value())
+            served[where.port] = ("Bufdir (stand-in)", create_bufdir_app(bufdir))
+    return served
 
 
 def _command_prefix() -> str:

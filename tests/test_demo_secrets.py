@@ -73,3 +73,28 @@ def test_demo_exports_and_leaks_no_plaintext(hub_env: str, prefect_harness: Path
         assert _files_containing(get_settings().var_dir, secret.encode()) == []
         assert _files_containing(prefect_harness, secret.encode()) == []  # Prefect's storage
         assert [name for name, text in rows if secret in text] == []
+
+    # After the demo its sandboxes are gone; `sandbox serve --demo` rebuilds them from the
+    # hub's own configuration (secrets from the vault, nothing written elsewhere) on the ports
+    # the integrations point at, and every integration connects again.
+    from integration_hub.demo import DEMO_INTEGRATIONS, demo_sandboxes
+    from integration_hub.sandbox.server import start_server
+    from integration_hub.services import configuration as config
+
+    sandboxes = demo_sandboxes()
+    assert sorted(what for what, _app in sandboxes.values()) == [
+        "Bufdir (stand-in)",
+        "Business Central",
+        "Xledger",
+    ]
+    running = [start_server(app, "127.0.0.1", port) for port, (_what, app) in sandboxes.items()]
+    try:
+        for slug, type_key in DEMO_INTEGRATIONS:
+            row = config.integration(config.organisation(slug), type_key, config.OPERATOR)
+            result = config.test_connection(row, config.Actor("test"))
+            assert result.ok, (slug, type_key, result)
+    finally:
+        for server in running:
+            server.stop()
+    for secret in secrets:
+        assert _files_containing(get_settings().var_dir, secret.encode()) == []

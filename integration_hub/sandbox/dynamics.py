@@ -1051,6 +1051,7 @@ class DynamicsSandboxState:
         company_name: str = "Frivillig Norge",
         company_id: str | None = None,
         journal_code: str = "UTLEGG",
+        journal_id: str | None = None,
         accounts: Iterable[Mapping[str, Any]] | None = None,
         employees: Iterable[Mapping[str, Any]] | None = None,
         vendors: Iterable[Mapping[str, Any]] | None = None,
@@ -1068,7 +1069,7 @@ class DynamicsSandboxState:
             employees=employees,
             vendors=vendors,
         )
-        journal = company.add_journal(journal_code)
+        journal = company.add_journal(journal_code, journal_id=journal_id)
         return Provisioned(
             tenant_id=tenant.tenant_id,
             client_id=client.client_id,
