@@ -319,15 +319,13 @@ def run_name() -> str:
     parts: list[str] = []
     integration_id = parameters.get("integration_id")
     retry_of = parameters.get("run_id")
-    if integration_id is None and retry_of is not None:
-        with hub_session() as session:
+    with hub_session() as session:
+        if integration_id is None and retry_of is not None:
             retried = session.get(SyncRun, int(retry_of))
             integration_id = retried.integration_id if retried is not None else None
-    if integration_id is not None:
-        with hub_session() as session:
-            integration = session.get(Integration, int(integration_id))
-        if integration is not None:
-            parts += [notify.organisation_slug(integration.organisation_id), integration.type_key]
+        integration = session.get(Integration, int(integration_id)) if integration_id else None
+    if integration is not None:
+        parts += [notify.organisation_slug(integration.organisation_id), integration.type_key]
     if retry_of is not None:
         parts.append(f"retry-of-run-{retry_of}")
     else:

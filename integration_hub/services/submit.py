@@ -33,7 +33,6 @@ from typing import Any
 
 from sqlmodel import select
 
-from integration_hub.adapters.base import RecordAdapter
 from integration_hub.adapters.registry import get_type
 from integration_hub.db import hub_session
 from integration_hub.deployments import EXPORT_EXPENSE_CLAIMS, RETRY_FAILED_RECORDS, DeployableFlow
@@ -107,7 +106,7 @@ def submit_export(
     organisation = config.organisation(org_slug, actor)
     row = config.integration(organisation, type_key, actor)
     actor.check_change(row.organisation_id)
-    if not exports_records(row):
+    if not sync.exports_records(row):
         raise InvalidInput(
             f"{get_type(row.type_key).display_name} takes a report per closed period, not an "
             "export now: send a period's report with `integrations report`"
@@ -127,27 +126,14 @@ def submit_export(
 
 
 def submit_retry(run_id: int, actor: Actor) -> Submission:
-    """Submit a retry of the failed records of hub run ``run_id`` (admins and operators).
-
-    Refused at once, before anything is created, as :func:`sync.retry_run` would refuse it (the
-    same checks, in the same words: keep them in step): no such run, a dry run, a report, a run
-    without failures, or an export of the integration running."""
+    """Submit a retry of the failed records of hub run ``run_id`` (admins and operators),
+    refused at once, before anything is created, by the same checks as a retry run here
+    (:func:`sync.retryable_run`), or when an export of the integration is running."""
+    run = sync.retryable_run(run_id, actor)
     with hub_session() as session:
-        run = session.get(SyncRun, run_id)
-        row = session.get(Integration, run.integration_id) if run else None
-    if run is None or row is None:
+        row = session.get(Integration, run.integration_id)
+    if row is None:
         raise NotFound(f"there is no run {run_id}")
-    actor.check(run.organisation_id)
-    if run.dry_run:
-        raise InvalidInput(f"run {run_id} was a dry run; it sent nothing to retry")
-    if not exports_records(row):
-        raise InvalidInput(
-            f"run {run_id} delivered a {get_type(row.type_key).display_name} report, which is "
-            "not retried record by record; deliver the period again with `integrations report "
-            "ORG --period PERIOD --resubmit`"
-        )
-    if not run.failed:
-        raise InvalidInput(f"run {run_id} has no failed records to retry")
     _refuse_when_running(row)
     return _submit(
         row,
@@ -158,11 +144,6 @@ def submit_retry(run_id: int, actor: Actor) -> Submission:
         lambda: sync.retry_run(run_id, actor),
         retry_of_run_id=run_id,
     )
-
-
-def exports_records(row: Integration) -> bool:
-    """Whether "sync now" and "dry run" apply to ``row``: its type writes records."""
-    return issubclass(get_type(row.type_key), RecordAdapter)
 
 
 def _refuse_when_running(row: Integration) -> None:

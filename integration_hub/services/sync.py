@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlmodel import select
 
+from integration_hub.adapters.base import RecordAdapter
+from integration_hub.adapters.registry import get_type
 from integration_hub.db import hub_session
 from integration_hub.models import Integration, SyncRun
 from integration_hub.services.configuration import Actor, integration, organisation
@@ -77,14 +79,34 @@ def latest_failed_run(row: Integration, actor: Actor) -> int:
     raise NotFound("no run of this integration has failed records to retry")
 
 
-def retry_run(run_id: int, actor: Actor) -> dict[str, Any]:
-    """Re-send the failed records of ``run_id`` through the ``retry_failed_records`` flow."""
+def retryable_run(run_id: int, actor: Actor) -> SyncRun:
+    """The run whose failed records ``actor`` may re-send, or why not: no such run, a dry run,
+    a report (delivered again whole, with its own command), or no failed records. Whoever
+    starts a retry (here, or a submission from the web) asks this first."""
     run = _run(run_id, actor)
     if run.dry_run:
         raise InvalidInput(f"run {run_id} was a dry run; it sent nothing to retry")
-    _records_retryable(run)
+    with hub_session() as session:
+        row = session.get(Integration, run.integration_id)
+    if row is not None and not exports_records(row):
+        raise InvalidInput(
+            f"run {run_id} delivered a {get_type(row.type_key).display_name} report, which is "
+            "not retried record by record; deliver the period again with `integrations report "
+            "ORG --period PERIOD --resubmit`"
+        )
     if not run.failed:
         raise InvalidInput(f"run {run_id} has no failed records to retry")
+    return run
+
+
+def exports_records(row: Integration) -> bool:
+    """Whether ``row``'s type writes records (export, dry run and retry apply to it)."""
+    return issubclass(get_type(row.type_key), RecordAdapter)
+
+
+def retry_run(run_id: int, actor: Actor) -> dict[str, Any]:
+    """Re-send the failed records of ``run_id`` through the ``retry_failed_records`` flow."""
+    run = retryable_run(run_id, actor)
     # A retry means someone fixed the cause, perhaps in the target (an account added there):
     # check against the target's codes as they are now, not as cached minutes ago.
     from integration_hub.adapters.factory import forget_reference_codes
@@ -95,23 +117,6 @@ def retry_run(run_id: int, actor: Actor) -> dict[str, Any]:
 
     with refused_when_busy():
         return retry_failed_records(run_id=run_id)
-
-
-def _records_retryable(run: SyncRun) -> None:
-    """Only runs that wrote records can have records re-sent; a report (Bufdir) is delivered
-    again whole, with its own command."""
-    from integration_hub.adapters.base import RecordAdapter
-    from integration_hub.adapters.registry import get_type
-
-    with hub_session() as session:
-        row = session.get(Integration, run.integration_id)
-    adapter_type = get_type(row.type_key) if row is not None else None
-    if adapter_type is not None and not issubclass(adapter_type, RecordAdapter):
-        raise InvalidInput(
-            f"run {run.id} delivered a {adapter_type.display_name} report, which is not retried "
-            "record by record; deliver the period again with `integrations report ORG "
-            "--period PERIOD --resubmit`"
-        )
 
 
 # -- backfill ----------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def health_context(
         "progress": progress,
         "submission_missing": submission_missing,
         "may_change": may_change(actor, row.organisation_id),
-        "exports_records": submit.exports_records(row),
+        "exports_records": sync.exports_records(row),
         "chart": chart_geometry(history.daily_counts(row, actor, days=CHART_DAYS)),
         "prefect_links": history.links_to_prefect(actor),  # operators only
         "trigger_labels": TRIGGER_LABELS,
